@@ -1,0 +1,232 @@
+"""Argument dataclasses shared by every recipe.
+
+Each recipe parses ``(ModelArguments, <its data arguments>, FineTuneArguments, TrainingArguments)`` with
+:func:`ftlib.cli.parse_args`, so every standard ``TrainingArguments`` flag keeps working unchanged.
+Checks that need only the arguments live in ``__post_init__``; checks that need the model (more blocks
+frozen than exist) run in :mod:`ftlib.freezing` before training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Hub model id or local checkpoint directory."})
+    revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the Hub checkpoint."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded checkpoints are stored."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run modelling code shipped inside the checkpoint. Off by default: it executes code from the Hub."},
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Replace a checkpoint head whose size disagrees with the labels (off: such a mismatch is an error)."},
+    )
+
+    def __post_init__(self) -> None:
+        if not self.model_name_or_path:
+            raise ValueError("--model_name_or_path is required")
+
+    @property
+    def path(self) -> str:
+        """Where ``from_pretrained`` loads from: offline short names resolved (see :mod:`ftlib.checkpoints`)."""
+        from ftlib.checkpoints import resolve_checkpoint
+
+        return resolve_checkpoint(self.model_name_or_path)
+
+
+@dataclass
+class DataArguments:
+    """Data fields every task shares; each recipe extends it with its own columns."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset name (datasets.load_dataset)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    train_split: str = field(default="train", metadata={"help": "Split name used for training."})
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Split used for evaluation ('validation' if the dataset has one)."}
+    )
+    test_split: str | None = field(default=None, metadata={"help": "Split used for predictions ('test' if present)."})
+    train_file: str | None = field(default=None, metadata={"help": "Local training file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file (predictions are written for it)."})
+    label_column: str = field(default="label", metadata={"help": "Name of the label column."})
+    validation_split_percentage: float = field(
+        default=10.0,
+        metadata={"help": "Without a validation split, hold out this percentage of train (seeded, stratified)."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training data (debugging, quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate evaluation data."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate test data."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for dataset.map."})
+
+    def __post_init__(self) -> None:
+        if self.dataset_name is None and self.train_file is None:
+            raise ValueError("give either --dataset_name or --train_file")
+        if self.dataset_name is not None and self.train_file is not None:
+            raise ValueError("give --dataset_name or --train_file, not both")
+        if not 0.0 < self.validation_split_percentage < 100.0:
+            raise ValueError(f"--validation_split_percentage must be in (0, 100), got {self.validation_split_percentage}")
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name} must be positive, got {value}")
+
+
+@dataclass
+class FineTuneArguments:
+    """The fine-tuning strategy: freezing, learning-rate groups, gradual unfreezing, LoRA, loss and outputs."""
+
+    # Freezing
+    freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the embedding layer."})
+    freeze_lower_blocks: int = field(default=0, metadata={"help": "Freeze the N lowest blocks (and the embeddings)."})
+    train_top_blocks: int | None = field(
+        default=None, metadata={"help": "Keep only the N top blocks and the head trainable; freeze everything below."}
+    )
+    freeze_patterns: list[str] | None = field(
+        default=None, metadata={"help": "Regexes (re.search) on parameter names; matching parameters are frozen."}
+    )
+    head_only: bool = field(default=False, metadata={"help": "Train the task head only (a linear probe)."})
+    blocks_pattern: str | None = field(
+        default=None,
+        metadata={"help": "Regex (fullmatch) on module paths naming the blocks, when they cannot be discovered."},
+    )
+    # Discriminative learning rates
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the task head (default: --learning_rate)."}
+    )
+    layer_decay: float = field(
+        default=1.0,
+        metadata={"help": "Layer-wise LR decay: block k from the top gets learning_rate * decay**k; 1.0 = one rate."},
+    )
+    # Gradual unfreezing (ULMFiT)
+    gradual_unfreeze: int = field(
+        default=0,
+        metadata={"help": "Start with the head only and unfreeze one more block group every N units (0 = off)."},
+    )
+    gradual_unfreeze_unit: str = field(
+        default="epoch", metadata={"help": "Unit of --gradual_unfreeze: 'epoch' or 'step'.", "choices": ["epoch", "step"]}
+    )
+    gradual_unfreeze_blocks: int = field(default=1, metadata={"help": "Blocks unfrozen at each stage."})
+    # Optimizer beyond Trainer's --optim
+    torch_optimizer: str | None = field(
+        default=None,
+        metadata={"help": "A torch.optim class by name (NAdam, Adamax, Adadelta, Adagrad, SGD, ...); overrides --optim."},
+    )
+    torch_optimizer_kwargs: str | None = field(
+        default=None, metadata={"help": 'JSON keyword arguments for --torch_optimizer, e.g. \'{"momentum": 0.9}\'.'}
+    )
+    # LoRA
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of the full weights."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names to adapt (default: per architecture family)."}
+    )
+    lora_save: str = field(
+        default="adapter",
+        metadata={"help": "Save (and push) the 'adapter' only or the 'merged' model.", "choices": ["adapter", "merged"]},
+    )
+    # Loss and stopping
+    class_weights: str | None = field(
+        default=None, metadata={"help": "'balanced' (from train label counts) or comma-separated weights per label."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after N evaluations without improvement of metric_for_best_model."}
+    )
+    early_stopping_threshold: float = field(default=0.0, metadata={"help": "Minimum improvement that counts."})
+    # Outputs and Hub
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output directory that holds a finished model."}
+    )
+    push_min_metric: float | None = field(
+        default=None,
+        metadata={"help": "Quality gate: refuse to push when the evaluation metric_for_best_model is below this."},
+    )
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.layer_decay <= 1.0) or math.isnan(self.layer_decay):
+            raise ValueError(f"--layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"--head_learning_rate must be positive, got {self.head_learning_rate}")
+        for name in ("freeze_lower_blocks", "gradual_unfreeze"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.train_top_blocks is not None and self.train_top_blocks < 0:
+            raise ValueError(f"--train_top_blocks must be >= 0, got {self.train_top_blocks}")
+        if self.gradual_unfreeze_blocks < 1:
+            raise ValueError(f"--gradual_unfreeze_blocks must be >= 1, got {self.gradual_unfreeze_blocks}")
+        exclusive = [
+            name
+            for name, active in (
+                ("freeze_lower_blocks", self.freeze_lower_blocks > 0),
+                ("train_top_blocks", self.train_top_blocks is not None),
+                ("head_only", self.head_only),
+                ("gradual_unfreeze", self.gradual_unfreeze > 0),
+            )
+            if active
+        ]
+        if len(exclusive) > 1:
+            raise ValueError(f"choose one of --{' / --'.join(exclusive)}: they each decide which blocks train")
+        if self.lora_r <= 0:
+            raise ValueError(f"--lora_r must be positive, got {self.lora_r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.torch_optimizer_kwargs is not None:
+            try:
+                kwargs = json.loads(self.torch_optimizer_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--torch_optimizer_kwargs is not valid JSON: {err}") from None
+            if not isinstance(kwargs, dict):
+                raise ValueError("--torch_optimizer_kwargs must be a JSON object")
+        if self.class_weights is not None and self.class_weights != "balanced":
+            try:
+                weights = [float(w) for w in self.class_weights.split(",")]
+            except ValueError:
+                raise ValueError(
+                    f"--class_weights must be 'balanced' or comma-separated numbers, got {self.class_weights!r}"
+                ) from None
+            if any(not w > 0 for w in weights):
+                raise ValueError(f"--class_weights must all be positive, got {self.class_weights!r}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+
+    @property
+    def optimizer_kwargs(self) -> dict:
+        return json.loads(self.torch_optimizer_kwargs) if self.torch_optimizer_kwargs else {}
+
+
+@dataclass
+class TextDataArguments(DataArguments):
+    text_column: str = field(default="text", metadata={"help": "Column with the text (the first sentence of a pair)."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "Column with the second sentence of a pair."})
+    id_column: str | None = field(default=None, metadata={"help": "Column identifying rows in predictions (default: row number)."})
+    problem_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Leave unset to detect from the label column (floats: regression, lists: multi-label).",
+            "choices": ["single_label_classification", "multi_label_classification", "regression"],
+        },
+    )
+    label_separator: str | None = field(
+        default=None, metadata={"help": "Multi-label from strings like 'a;b': the separator (';')."}
+    )
+    max_seq_length: int | None = field(
+        default=256, metadata={"help": "Longest tokenised input; capped at the model's limit. Batches pad dynamically."}
+    )
+    truncation: str = field(
+        default="head",
+        metadata={"help": "'head' keeps the start of long texts; 'head_tail' keeps start and end.", "choices": ["head", "head_tail"]},
+    )
+    head_fraction: float = field(default=0.25, metadata={"help": "Share of the budget kept from the start with head_tail."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_seq_length is not None and self.max_seq_length < 8:
+            raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+        if not 0.0 <= self.head_fraction <= 1.0:
+            raise ValueError(f"--head_fraction must be in [0, 1], got {self.head_fraction}")

@@ -1,0 +1,118 @@
+"""YAML file -> defaults, command line -> overrides, unknown keys fail naming the key.
+
+``HfArgumentParser.parse_yaml_file`` alone ignores the command line, and ``set_defaults`` would skip
+argparse's type conversion. So the YAML mapping is turned into ``--key value`` tokens placed *before*
+the command line: argparse converts and checks every value, and the last occurrence of a flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+
+class ConfigError(ValueError):
+    """A bad config file or command-line argument."""
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message: str):  # argparse would print and sys.exit(2); tests and callers want an exception
+        raise ConfigError(message)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping of argument names to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of argument names to values, got {type(data).__name__}")
+    return data
+
+
+def _as_tokens(key: str, value: Any, action: argparse.Action, source: Path) -> list[str]:
+    if value is None:
+        return []
+    takes_list = action.nargs in ("+", "*")
+    if isinstance(value, dict):
+        return [f"--{key}", json.dumps(value)]
+    if isinstance(value, (list, tuple)):
+        if not takes_list:
+            raise ConfigError(f"{source}: key '{key}' takes a single value, got a list {value!r}")
+        return [f"--{key}", *(_scalar(v) for v in value)]
+    return [f"--{key}", _scalar(value)]
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def config_to_argv(config: dict[str, Any], parser: argparse.ArgumentParser, source: Path) -> list[str]:
+    """Turn a config mapping into argv tokens; an unknown key is an error naming it."""
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    tokens: list[str] = []
+    for key, value in config.items():
+        if key not in actions:
+            known = sorted(k for k in actions if k != "help")
+            close = [k for k in known if k.startswith(str(key)[:4])][:5]
+            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+        tokens += _as_tokens(key, value, actions[key], source)
+    return tokens
+
+
+def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    for i, token in enumerate(argv):
+        if token == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a file path")
+            return argv[i + 1], argv[:i] + argv[i + 2 :]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+    return None, argv
+
+
+def parse_args(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> tuple:
+    """Parse ``--config file.yaml`` plus command-line overrides into one instance per dataclass.
+
+    ``defaults`` are a recipe's own defaults (e.g. length grouping for text); the YAML file overrides
+    them and the command line overrides both.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path, argv = _pop_config(argv)
+    parser = _Parser(dataclass_types)
+    if defaults:
+        parser.set_defaults(**defaults)
+    tokens: list[str] = []
+    if config_path is not None:
+        tokens = config_to_argv(load_config(config_path), parser, Path(config_path))
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=tokens + argv))
+    except ConfigError as err:
+        where = f" (from {config_path} or the command line)" if config_path else ""
+        raise ConfigError(f"{err}{where}") from None
+    except ValueError as err:
+        if "Some specified arguments are not used" in str(err):
+            raise ConfigError(str(err)) from None
+        raise

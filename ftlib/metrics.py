@@ -1,0 +1,107 @@
+"""Offline metrics for classification and regression, on scikit-learn and SciPy (no Hub download).
+
+Each ``*_metrics`` function takes predictions and references as arrays and returns a flat dict of
+floats, the shape Trainer logs; :func:`compute_metrics_fn` adapts one to Trainer's ``EvalPrediction``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.special import expit, softmax
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_fscore_support,
+)
+
+
+def single_label_metrics(pred_ids, label_ids, label_names: Sequence[str]) -> dict[str, float]:
+    """Accuracy, macro-F1, and precision / recall / F1 per class."""
+    labels = list(range(len(label_names)))
+    precision, recall, f1, _ = precision_recall_fscore_support(label_ids, pred_ids, labels=labels, zero_division=0)
+    metrics = {
+        "accuracy": float(accuracy_score(label_ids, pred_ids)),
+        "macro_f1": float(f1_score(label_ids, pred_ids, labels=labels, average="macro", zero_division=0)),
+    }
+    for i, name in enumerate(label_names):
+        metrics[f"precision_{name}"] = float(precision[i])
+        metrics[f"recall_{name}"] = float(recall[i])
+        metrics[f"f1_{name}"] = float(f1[i])
+    return metrics
+
+
+def multi_label_metrics(pred_matrix, label_matrix, label_names: Sequence[str]) -> dict[str, float]:
+    """Micro and macro F1 over labels, and exact-match (subset) accuracy."""
+    label_matrix = np.asarray(label_matrix).astype(int)
+    pred_matrix = np.asarray(pred_matrix).astype(int)
+    metrics = {
+        "micro_f1": float(f1_score(label_matrix, pred_matrix, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(label_matrix, pred_matrix, average="macro", zero_division=0)),
+        "subset_accuracy": float(accuracy_score(label_matrix, pred_matrix)),
+    }
+    per_label = f1_score(label_matrix, pred_matrix, average=None, zero_division=0)
+    for name, value in zip(label_names, per_label):
+        metrics[f"f1_{name}"] = float(value)
+    return metrics
+
+
+def regression_metrics(predictions, targets) -> dict[str, float]:
+    """MSE, MAE, Pearson and Spearman correlation (NaN correlations when either side is constant)."""
+    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1)
+    constant = np.ptp(predictions) == 0 or np.ptp(targets) == 0
+    return {
+        "mse": float(mean_squared_error(targets, predictions)),
+        "mae": float(mean_absolute_error(targets, predictions)),
+        "pearson": float("nan") if constant else float(pearsonr(predictions, targets)[0]),
+        "spearman": float("nan") if constant else float(spearmanr(predictions, targets)[0]),
+    }
+
+
+def confusion(pred_ids, label_ids, num_labels: int) -> list[list[int]]:
+    """Confusion matrix as nested lists (rows: true label, columns: predicted)."""
+    return confusion_matrix(label_ids, pred_ids, labels=list(range(num_labels))).tolist()
+
+
+def decode_logits(logits, problem_type: str, threshold: float = 0.5):
+    """(predictions, scores) from logits: class ids and their softmax probability; a 0/1 matrix and
+    sigmoid probabilities for multi-label; the values themselves for regression."""
+    logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits, dtype=np.float64)
+    if problem_type == "regression":
+        values = logits.reshape(len(logits), -1)[:, 0]
+        return values, values
+    if problem_type == "multi_label_classification":
+        probs = expit(logits)
+        return (probs >= threshold).astype(int), probs
+    probs = softmax(logits, axis=-1)
+    ids = probs.argmax(axis=-1)
+    return ids, probs[np.arange(len(ids)), ids]
+
+
+def compute_metrics_fn(problem_type: str, label_names: Sequence[str]) -> Callable:
+    """A Trainer ``compute_metrics`` for the problem type."""
+
+    def compute(eval_pred) -> dict[str, float]:
+        preds, _ = decode_logits(eval_pred.predictions, problem_type)
+        refs = eval_pred.label_ids
+        if problem_type == "regression":
+            return regression_metrics(preds, refs)
+        if problem_type == "multi_label_classification":
+            return multi_label_metrics(preds, refs, label_names)
+        return single_label_metrics(preds, refs, label_names)
+
+    return compute
+
+
+def default_metric(problem_type: str) -> tuple[str, bool]:
+    """(metric_for_best_model, greater_is_better) for a problem type."""
+    return {
+        "regression": ("mse", False),
+        "multi_label_classification": ("micro_f1", True),
+    }.get(problem_type, ("accuracy", True))

@@ -1,0 +1,54 @@
+"""Load a checkpoint with a head sized to the labels, refusing a silent mismatch."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from transformers import AutoConfig
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_NAME = re.compile(r"LABEL_\d+")
+
+
+def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str], problem_type: str, **extra):
+    """The checkpoint's config with our labels. A checkpoint that already has a task head of another size
+    is an error (its head would be dropped) unless ``--ignore_mismatched_sizes``."""
+    config = AutoConfig.from_pretrained(
+        model_args.path,
+        revision=model_args.revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    has_head = any(a.endswith(("Classification", "ForTokenClassification")) for a in (config.architectures or []))
+    if has_head and config.num_labels != num_labels and not model_args.ignore_mismatched_sizes:
+        raise ValueError(
+            f"{model_args.model_name_or_path} has a classification head for {config.num_labels} labels "
+            f"({', '.join(map(str, config.id2label.values()))}) but the data has {num_labels} "
+            f"({', '.join(id2label.values())}); pass --ignore_mismatched_sizes to train a new head"
+        )
+    if has_head and config.num_labels == num_labels:
+        theirs = list(config.id2label.values())
+        ours = list(id2label.values())
+        if theirs != ours and not all(_DEFAULT_NAME.fullmatch(str(n)) for n in theirs):
+            logger.warning("the checkpoint's head labels %s are renamed to the data's %s", theirs, ours)
+    config.num_labels = num_labels
+    config.id2label = dict(id2label)
+    config.label2id = {v: k for k, v in id2label.items()}
+    config.problem_type = problem_type
+    for key, value in extra.items():
+        setattr(config, key, value)
+    return config
+
+
+def load_model(auto_class, model_args, config):
+    """``auto_class.from_pretrained`` with the recipe's safety settings (no remote code unless asked)."""
+    return auto_class.from_pretrained(
+        model_args.path,
+        config=config,
+        revision=model_args.revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+    )

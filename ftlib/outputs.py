@@ -1,0 +1,79 @@
+"""The output directory: refuse to destroy a finished result, resume an interrupted one, fail early
+when it cannot be written."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers.trainer_utils import get_last_checkpoint
+
+logger = logging.getLogger(__name__)
+
+# A directory holding any of these holds a finished model (plain, adapter, or a recipe's results).
+FINISHED_MARKERS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "all_results.json")
+
+
+def prepare_output_dir(
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume_from_checkpoint: str | bool | None = None,
+    min_free_bytes: int = 0,
+) -> str | None:
+    """Check ``output_dir`` before anything trains; returns the checkpoint to resume from, if any.
+
+    - a path that is a file, or a directory that cannot be written: error naming it;
+    - a finished model there: error unless ``overwrite`` (nothing is deleted either way: files are
+      replaced only as the new run saves its own);
+    - ``checkpoint-*`` folders there and no explicit choice: resume from the last one;
+    - less free space than ``min_free_bytes``: error with both figures.
+    """
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output_dir {path} exists and is a file, not a directory")
+    if path.is_dir() and not overwrite:
+        finished = [m for m in FINISHED_MARKERS if (path / m).exists()]
+        if finished and not resume_from_checkpoint:
+            raise ValueError(
+                f"--output_dir {path} already holds a finished model ({', '.join(finished)}); "
+                "pass --overwrite_output_dir to replace it, or choose another directory"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ftlib-write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--output_dir {path} is not writable: {err.strerror}") from None
+    free = shutil.disk_usage(path).free
+    if free < min_free_bytes:
+        raise ValueError(
+            f"--output_dir {path}: {free / 2**20:.0f} MiB free, the run needs about {min_free_bytes / 2**20:.0f} MiB "
+            "for its checkpoints"
+        )
+    if resume_from_checkpoint is True:
+        last = get_last_checkpoint(str(path))
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint: no checkpoint-* folder in {path}")
+        return last
+    if resume_from_checkpoint:
+        if not Path(resume_from_checkpoint).is_dir():
+            raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint} is not a directory")
+        return str(resume_from_checkpoint)
+    if overwrite:
+        return None
+    last = get_last_checkpoint(str(path)) if path.is_dir() else None
+    if last is not None:
+        logger.warning("resuming from %s (pass --overwrite_output_dir to start over)", last)
+    return last
+
+
+def checkpoint_bytes(model, save_total_limit: int | None) -> int:
+    """Rough disk need: weights plus two Adam moments of the trainable ones, per kept checkpoint, plus the
+    final model."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return (weights + moments) * (save_total_limit or 2) + weights

@@ -1,0 +1,168 @@
+"""The steps every recipe shares around its task-specific middle: start (logging, output checks, Hub
+settings, seed) and finish (train, evaluate, save, model card, manifest, push behind the quality gate)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+from transformers import TrainingArguments, set_seed
+
+from ftlib.args import FineTuneArguments
+from ftlib.hub import HubSettings, push_output, quality_gate, take_hub_settings, write_model_card
+from ftlib.integrity import write_manifest
+from ftlib.lora import save_lora
+from ftlib.outputs import prepare_output_dir
+from ftlib.trainer import check_strategy_args
+
+logger = logging.getLogger("ftlib")
+
+
+@dataclass
+class RunStart:
+    resume_from: str | None
+    hub: HubSettings
+
+
+def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments) -> RunStart:
+    """Logging on the main process, every check that needs no model or data, and the seed."""
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, level=level)
+    for lib_logger in (logger, logging.getLogger("ftlib.trainer")):
+        lib_logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    check_strategy_args(training_args, ft_args)
+    hub = take_hub_settings(training_args)
+    resume = prepare_output_dir(
+        training_args.output_dir,
+        overwrite=ft_args.overwrite_output_dir,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+    )
+    set_seed(training_args.seed)
+    return RunStart(resume, hub)
+
+
+def set_best_metric(training_args: TrainingArguments, metric: str, greater_is_better: bool) -> None:
+    """Default ``metric_for_best_model`` (early stopping, best checkpoint, quality gate) to the task's
+    headline metric when the user left it unset."""
+    if training_args.metric_for_best_model is None:
+        training_args.metric_for_best_model = metric
+        training_args.greater_is_better = greater_is_better
+
+
+def strategy_summary(ft_args: FineTuneArguments, training_args: TrainingArguments) -> dict[str, Any]:
+    """The settings that shaped the run, for the model card: non-default strategy flags plus the basics."""
+    defaults = FineTuneArguments()
+    summary = {
+        f.name: getattr(ft_args, f.name)
+        for f in dataclasses.fields(ft_args)
+        if getattr(ft_args, f.name) != getattr(defaults, f.name) and f.name not in ("overwrite_output_dir",)
+    }
+    summary.update(
+        learning_rate=training_args.learning_rate,
+        lr_scheduler_type=str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
+        warmup_steps=training_args.warmup_steps,
+        num_train_epochs=training_args.num_train_epochs,
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        weight_decay=training_args.weight_decay,
+        optimizer=ft_args.torch_optimizer or str(getattr(training_args.optim, "value", training_args.optim)),
+        seed=training_args.seed,
+    )
+    return summary
+
+
+def train(trainer, resume_from: str | None) -> dict[str, float]:
+    """Train (resuming when a checkpoint is given) and record the train metrics and state."""
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics = dict(result.metrics)
+    metrics["train_samples"] = len(trainer.train_dataset)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return metrics
+
+
+def evaluate(trainer, dataset, prefix: str = "eval") -> dict[str, float]:
+    metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+    metrics[f"{prefix}_samples"] = len(dataset)
+    trainer.log_metrics(prefix, metrics)
+    trainer.save_metrics(prefix, metrics)
+    return metrics
+
+
+def save_model(trainer, ft_args: FineTuneArguments) -> None:
+    """The final model: full weights, the LoRA adapter, or the merged model (safetensors in every case)."""
+    output_dir = trainer.args.output_dir
+    if ft_args.lora and trainer.is_world_process_zero():
+        save_lora(trainer.accelerator.unwrap_model(trainer.model), output_dir, merged=ft_args.lora_save == "merged")
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(output_dir)
+    elif not ft_args.lora:
+        trainer.save_model()
+
+
+def publish(
+    trainer,
+    ft_args: FineTuneArguments,
+    hub: HubSettings,
+    metrics: dict[str, float],
+    *,
+    base_model: str,
+    task: str,
+    dataset: str,
+    label_names: list[str] | None = None,
+) -> None:
+    """Write the model card and manifest; push behind the quality gate when asked (main process only)."""
+    if not trainer.is_world_process_zero():
+        return
+    output_dir = Path(trainer.args.output_dir)
+    summary = strategy_summary(ft_args, trainer.args)
+    library = "peft" if ft_args.lora and ft_args.lora_save == "adapter" else "transformers"
+    write_model_card(
+        output_dir,
+        base_model=base_model,
+        task=task,
+        dataset=dataset,
+        metrics=metrics,
+        strategy=summary,
+        group_table=getattr(trainer, "group_table", ""),
+        library=library,
+        label_names=label_names,
+        repo_id=hub.repo_id,
+    )
+    (output_dir / "ftlib_strategy.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    write_manifest(output_dir)
+    if hub.push:
+        metric = trainer.args.metric_for_best_model or "loss"
+        greater = trainer.args.greater_is_better if trainer.args.greater_is_better is not None else metric != "loss"
+        quality_gate(metrics, metric, ft_args.push_min_metric, greater)
+        url = push_output(output_dir, hub)
+        logger.info("pushed to %s", url)
+
+
+def write_predictions(path: str | Path, ids, label_names: list[str], predictions, scores, problem_type: str) -> Path:
+    """A CSV of ``id, prediction, score`` (label names; ``;``-joined for multi-label, values for regression)."""
+    import csv
+
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "prediction", "score"])
+        for row_id, pred, score in zip(ids, predictions, scores):
+            if problem_type == "regression":
+                writer.writerow([row_id, f"{float(pred):.6g}", f"{float(score):.6g}"])
+            elif problem_type == "multi_label_classification":
+                chosen = [label_names[i] for i, on in enumerate(pred) if on]
+                writer.writerow([row_id, ";".join(chosen), ";".join(f"{score[i]:.4f}" for i, on in enumerate(pred) if on)])
+            else:
+                writer.writerow([row_id, label_names[int(pred)], f"{float(score):.4f}"])
+    return path

@@ -1,0 +1,175 @@
+"""The Trainer wiring: model strategy, optimizer from parameter groups, class-weighted loss, callbacks.
+
+``FtTrainer`` is a ``transformers.Trainer`` that changes only what the strategy needs: where the
+optimizer's parameters and learning rates come from, the loss when class weights or soft (mixup)
+labels are in play, a stop on a non-finite loss, and gradient sync for blocks unfrozen after the
+model was wrapped for DDP. Everything else (schedulers, checkpoints, resume, logging, Hub) is
+Trainer's own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import DistributedType
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+from ftlib.anatomy import Anatomy, find_anatomy
+from ftlib.args import FineTuneArguments
+from ftlib.freezing import apply_freezing, count_parameters
+from ftlib.lora import apply_lora
+from ftlib.optim import build_param_groups, create_optimizer, format_group_table, resolve_optimizer
+from ftlib.unfreeze import GradualUnfreezeCallback, unfreeze_stages
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_model(model: nn.Module, ft_args: FineTuneArguments, task_type: str | None = None):
+    """Find the anatomy, wrap with LoRA when asked, apply the freezing flags. Returns ``(model, anatomy)``."""
+    anatomy = find_anatomy(model, ft_args.blocks_pattern)
+    if ft_args.lora:
+        model = apply_lora(
+            model,
+            anatomy,
+            r=ft_args.lora_r,
+            alpha=ft_args.lora_alpha,
+            dropout=ft_args.lora_dropout,
+            target_modules=ft_args.lora_target_modules,
+            task_type=task_type,
+        )
+    apply_freezing(model, anatomy, ft_args)
+    trainable, total = count_parameters(model)
+    logger.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model, anatomy
+
+
+def class_weights_from_labels(spec: str | None, labels, num_labels: int, multi_label: bool = False):
+    """Per-class loss weights: ``"balanced"`` from the training labels (positive weights for multi-label),
+    or explicit comma-separated numbers, one per label."""
+    if spec is None:
+        return None
+    if spec != "balanced":
+        weights = [float(w) for w in spec.split(",")]
+        if len(weights) != num_labels:
+            raise ValueError(f"--class_weights has {len(weights)} values but there are {num_labels} labels")
+        return torch.tensor(weights, dtype=torch.float32)
+    if multi_label:
+        matrix = np.asarray(labels, dtype=np.float64)
+        positives = matrix.sum(axis=0)
+        if (positives == 0).any():
+            missing = [int(i) for i in np.flatnonzero(positives == 0)]
+            raise ValueError(f"--class_weights balanced: label ids {missing} never occur in the training data")
+        return torch.tensor((len(matrix) - positives) / positives, dtype=torch.float32)
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    if len(present) != num_labels:
+        missing = sorted(set(range(num_labels)) - set(present.tolist()))
+        raise ValueError(f"--class_weights balanced: label ids {missing} never occur in the training data")
+    return torch.tensor(compute_class_weight("balanced", classes=present, y=labels), dtype=torch.float32)
+
+
+def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArguments) -> None:
+    """Combinations that Trainer would only reject mid-run, rejected before anything loads."""
+    if ft_args.early_stopping_patience is not None:
+        if training_args.eval_strategy == "no" or not training_args.load_best_model_at_end:
+            raise ValueError(
+                "--early_stopping_patience needs --eval_strategy (epoch or steps) and --load_best_model_at_end true"
+            )
+    if ft_args.push_min_metric is not None and not training_args.push_to_hub:
+        logger.warning("--push_min_metric is set but --push_to_hub is not: nothing will be pushed")
+
+
+class FtTrainer(Trainer):
+    """``Trainer`` with ftlib's optimizer groups, loss and safety checks. Extra keyword arguments:
+    ``ft_args`` (:class:`FineTuneArguments`), ``anatomy`` and ``class_weights`` (a tensor or None)."""
+
+    def __init__(self, *args, ft_args: FineTuneArguments, anatomy: Anatomy | None = None, class_weights=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ft_args = ft_args
+        self.anatomy = anatomy or find_anatomy(self.model, ft_args.blocks_pattern)
+        self.class_weights = class_weights
+        self.group_table = ""
+        self._gradual: GradualUnfreezeCallback | None = None
+        self._wrapped_trainable: set[int] = set()
+        if ft_args.gradual_unfreeze:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                raise ValueError("--gradual_unfreeze works with single-device and DDP runs, not FSDP or DeepSpeed")
+            layer_stages = unfreeze_stages(self.anatomy, ft_args.gradual_unfreeze_blocks)
+            trainable = [name for name, p in self.model.named_parameters() if p.requires_grad]
+            stages = [[n for n in trainable if self.anatomy.layer_id(n) in set(layers)] for layers in layer_stages]
+            self._gradual = GradualUnfreezeCallback(stages, ft_args.gradual_unfreeze, ft_args.gradual_unfreeze_unit)
+            self.add_callback(self._gradual)
+        if ft_args.early_stopping_patience is not None:
+            self.add_callback(EarlyStoppingCallback(ft_args.early_stopping_patience, ft_args.early_stopping_threshold))
+
+    # -- optimizer ---------------------------------------------------------------------------------
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        ft = self.ft_args
+        groups = build_param_groups(
+            opt_model,
+            self.anatomy,
+            self.args.learning_rate,
+            head_lr=ft.head_learning_rate,
+            layer_decay=ft.layer_decay,
+            weight_decay=self.args.weight_decay,
+        )
+        cls, kwargs = resolve_optimizer(self.args, ft.torch_optimizer, ft.optimizer_kwargs)
+        self.optimizer = create_optimizer(groups, cls, kwargs)
+        if self._gradual is not None:
+            # Freeze the later stages now, before the model is wrapped: DDP registers what requires grad.
+            self._gradual.apply(opt_model, self._gradual.stage_at(self.state.global_step, self.state.epoch))
+        self._wrapped_trainable = {id(p) for p in opt_model.parameters() if p.requires_grad}
+        self.group_table = format_group_table(opt_model, self.optimizer)
+        if self.is_world_process_zero():
+            print(f"Optimizer {type(self.optimizer).__name__}, parameter groups:\n{self.group_table}", flush=True)
+        return self.optimizer
+
+    # -- loss --------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        soft = labels is not None and labels.is_floating_point() and labels.dim() == 2
+        problem_type = getattr(self.model.config, "problem_type", None)
+        if self.class_weights is None and not (soft and problem_type != "multi_label_classification"):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        weights = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        if problem_type == "multi_label_classification":
+            loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weights)
+        elif soft:  # mixup / cutmix targets: class probabilities
+            loss = F.cross_entropy(logits, labels.to(logits.dtype), weight=weights)
+        else:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weights)
+        return (loss, outputs) if return_outputs else loss
+
+    # -- one step ------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch or 0:.2f}); weights were not updated and the last saved checkpoint "
+                f"in {self.args.output_dir} is intact. Lower the learning rate or check the data."
+            )
+        if self._gradual is not None and self.accelerator.sync_gradients:
+            self._sync_unfrozen_gradients(model)
+        return loss
+
+    def _sync_unfrozen_gradients(self, model) -> None:
+        """DDP all-reduces only what required grad when it wrapped the model; average the rest here."""
+        if self.accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+            return
+        world = self.accelerator.num_processes
+        for param in self.accelerator.unwrap_model(model).parameters():
+            if param.requires_grad and param.grad is not None and id(param) not in self._wrapped_trainable:
+                torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
+                param.grad.div_(world)

@@ -1,0 +1,82 @@
+"""Gradual unfreezing (ULMFiT): train the head first, then unfreeze one more block group from the top
+every K epochs or optimizer steps.
+
+The stage is a pure function of the training position (``global_step`` or the whole epochs done), so a
+run resumed from a checkpoint lands on the same stage as an uninterrupted one; the callback's state is
+also saved in ``trainer_state.json`` (``stateful_callbacks``) so the position is visible there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from ftlib.anatomy import Anatomy
+
+logger = logging.getLogger(__name__)
+
+
+def unfreeze_stages(anatomy: Anatomy, blocks_per_stage: int = 1) -> list[list[int]]:
+    """Layer ids switched on at each stage: stage 0 is the head, then blocks from the top, embeddings last."""
+    n = anatomy.num_blocks
+    stages = [[n + 1]]
+    below = list(range(n, 0, -1))
+    for start in range(0, len(below), blocks_per_stage):
+        stages.append(below[start : start + blocks_per_stage])
+    stages[-1] = stages[-1] + [0]  # the embeddings thaw with the lowest blocks
+    return stages
+
+
+class GradualUnfreezeCallback(TrainerCallback, ExportableState):
+    """Switches ``requires_grad`` on stage by stage at the start of optimizer steps.
+
+    ``stages`` holds parameter names per stage; the parameters must already be in the optimizer
+    (see :func:`ftlib.optim.build_param_groups`'s ``include``) so no optimizer is rebuilt.
+    """
+
+    def __init__(self, stages: list[list[str]], every: int, unit: str = "epoch", unfrozen_stages: int = 0):
+        if every < 1:
+            raise ValueError(f"--gradual_unfreeze must be >= 1, got {every}")
+        if unit not in ("epoch", "step"):
+            raise ValueError(f"--gradual_unfreeze_unit must be 'epoch' or 'step', got {unit!r}")
+        self.stages = stages
+        self.every = every
+        self.unit = unit
+        self.unfrozen_stages = unfrozen_stages
+
+    def stage_at(self, global_step: int, epoch: float | None) -> int:
+        """Number of stages trainable at this position (at least 1: the head)."""
+        position = global_step if self.unit == "step" else math.floor((epoch or 0.0) + 1e-9)
+        return min(len(self.stages), 1 + position // self.every)
+
+    def apply(self, model, count: int) -> list[str]:
+        """Make the first ``count`` stages trainable and the rest frozen; returns names newly unfrozen."""
+        trainable = {name for stage in self.stages[:count] for name in stage}
+        frozen = {name for stage in self.stages[count:] for name in stage}
+        newly = []
+        for name, param in model.named_parameters():
+            if name in trainable and not param.requires_grad:
+                param.requires_grad_(True)
+                newly.append(name)
+            elif name in frozen:
+                param.requires_grad_(False)
+        self.unfrozen_stages = count
+        return newly
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        target = self.stage_at(state.global_step, state.epoch)
+        if target != self.unfrozen_stages and model is not None:
+            newly = self.apply(model, target)
+            logger.info(
+                "gradual unfreezing: step %d, stage %d/%d, %d tensors unfrozen",
+                state.global_step, target, len(self.stages), len(newly),
+            )
+
+    def state(self) -> dict:
+        return {
+            "args": {"stages": self.stages, "every": self.every, "unit": self.unit},
+            "attributes": {"unfrozen_stages": self.unfrozen_stages},
+        }

@@ -1,0 +1,141 @@
+"""Text classification: fine-tune a Transformers encoder on single sentences or sentence pairs.
+
+    accelerate launch recipes/text_cls.py --config recipes/configs/text_cls/demo.yaml [--learning_rate 3e-5 ...]
+    python recipes/text_cls.py --config recipes/configs/text_cls/demo.yaml
+
+Supports: a Hub dataset or local csv / tsv / json / jsonl / parquet files; string or integer labels,
+single-label, multi-label (a list per row, or strings with --label_separator) and regression (floats);
+a seeded, stratified validation split when none is given; dynamic padding and length-grouped batches;
+head+tail truncation; every ftlib strategy flag (freezing, layer-wise learning rates, gradual
+unfreezing, LoRA, class weights, early stopping) and every standard TrainingArguments flag.
+Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, test_predictions.csv,
+a model card and a SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric.
+Does not support: generative classification, more than two text columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
+
+from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
+from ftlib.checkpoints import public_name
+from ftlib.cli import parse_args
+from ftlib.data.files import load_data, require_columns, source_name
+from ftlib.data.labels import encode_labels, ensure_validation, infer_labels
+from ftlib.data.text import effective_max_length, tokenize_text
+from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric
+from ftlib.modeling import load_config_for_labels, load_model
+from ftlib.run import evaluate, publish, save_model, set_best_metric, start_run, train, write_predictions
+from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
+
+# Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
+RECIPE_DEFAULTS = {
+    "train_sampling_strategy": "group_by_length",  # batches of similar length pad less
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 10,
+    "report_to": "none",
+}
+
+
+def main(
+    model_args: ModelArguments,
+    data_args: TextDataArguments,
+    ft_args: FineTuneArguments,
+    training_args: TrainingArguments,
+) -> dict[str, float]:
+    # -- start: logging, output directory, Hub settings, seed
+    run = start_run(training_args, ft_args)
+
+    # -- data
+    raw = load_data(data_args, model_args.cache_dir)
+    for split in raw:
+        needed = [data_args.text_column, data_args.text_pair_column]
+        if split != "test" or data_args.label_column in raw[split].column_names:
+            needed.append(data_args.label_column)
+        require_columns(raw[split], needed + [data_args.id_column], source_name(data_args, split))
+    labels = infer_labels(
+        raw["train"], data_args.label_column, source_name(data_args, "train"), data_args.problem_type,
+        data_args.label_separator,
+    )
+    raw = ensure_validation(raw, data_args.label_column, data_args.validation_split_percentage, training_args.seed)
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
+                         ("test", data_args.max_predict_samples)):
+        if split in raw and limit is not None:
+            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+    for split in raw:
+        if data_args.label_column in raw[split].column_names:
+            raw[split] = encode_labels(raw[split], data_args.label_column, labels, source_name(data_args, split),
+                                       data_args.label_separator)
+
+    # -- model and tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.path, revision=model_args.revision, cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type)
+    model = load_model(AutoModelForSequenceClassification, model_args, config)
+
+    # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
+    model, anatomy = prepare_model(model, ft_args, task_type="SEQ_CLS")
+
+    # -- tokenize
+    max_length = effective_max_length(tokenizer, config, data_args.max_seq_length)
+    with training_args.main_process_first(desc="tokenizing"):
+        encoded = {
+            split: tokenize_text(
+                raw[split], tokenizer, data_args.text_column, data_args.text_pair_column, max_length,
+                data_args.truncation, data_args.head_fraction, data_args.preprocessing_num_workers,
+            )
+            for split in raw
+        }
+
+    # -- trainer
+    metric, greater = default_metric(labels.problem_type)
+    set_best_metric(training_args, metric, greater)
+    class_weights = class_weights_from_labels(
+        ft_args.class_weights, raw["train"]["labels"], labels.num_labels,
+        multi_label=labels.problem_type == "multi_label_classification",
+    ) if labels.problem_type != "regression" else None
+    trainer = FtTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None),
+        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names),
+        ft_args=ft_args,
+        anatomy=anatomy,
+        class_weights=class_weights,
+    )
+
+    # -- train, evaluate
+    metrics = train(trainer, run.resume_from)
+    metrics.update(evaluate(trainer, encoded["validation"]))
+
+    # -- predict
+    if "test" in encoded:
+        output = trainer.predict(encoded["test"], metric_key_prefix="test")
+        if output.metrics and "labels" in encoded["test"].column_names:
+            metrics.update({k: v for k, v in output.metrics.items()})
+            trainer.save_metrics("test", output.metrics)
+        preds, scores = decode_logits(output.predictions, labels.problem_type)
+        ids = raw["test"][data_args.id_column] if data_args.id_column else np.arange(len(raw["test"]))
+        if trainer.is_world_process_zero():
+            write_predictions(f"{training_args.output_dir}/test_predictions.csv", ids, labels.names, preds, scores,
+                              labels.problem_type)
+
+    # -- save, card, manifest, push
+    save_model(trainer, ft_args)
+    publish(
+        trainer, ft_args, run.hub, metrics, base_model=public_name(model_args.model_name_or_path), task="text-classification",
+        dataset=data_args.dataset_name or data_args.train_file, label_names=labels.names,
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    main(*parse_args((ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments), defaults=RECIPE_DEFAULTS))
