@@ -63,11 +63,17 @@ class DataArguments:
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate test data."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for dataset.map."})
 
+    def _source_fields(self) -> tuple[str, ...]:
+        """The fields naming where the data comes from; exactly one is given (a recipe may add its own)."""
+        return ("dataset_name", "train_file")
+
     def __post_init__(self) -> None:
-        if self.dataset_name is None and self.train_file is None:
-            raise ValueError("give either --dataset_name or --train_file")
-        if self.dataset_name is not None and self.train_file is not None:
-            raise ValueError("give --dataset_name or --train_file, not both")
+        flags = [f"--{name}" for name in self._source_fields()]
+        given = [f"--{name}" for name in self._source_fields() if getattr(self, name) is not None]
+        if not given:
+            raise ValueError(f"give either {' or '.join(flags)}")
+        if len(given) > 1:
+            raise ValueError(f"give {' or '.join(given)}, not {'both' if len(given) == 2 else 'several'}")
         if not 0.0 < self.validation_split_percentage < 100.0:
             raise ValueError(f"--validation_split_percentage must be in (0, 100), got {self.validation_split_percentage}")
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
@@ -230,3 +236,141 @@ class TextDataArguments(DataArguments):
             raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
         if not 0.0 <= self.head_fraction <= 1.0:
             raise ValueError(f"--head_fraction must be in [0, 1], got {self.head_fraction}")
+
+
+@dataclass
+class TokenDataArguments(DataArguments):
+    """Token classification: CoNLL files (.txt/.conll/.iob/.bio), JSON lines, or a Hub dataset with word and
+    tag columns. ``label_column`` is not used: the tags are ``tags_column`` (a CoNLL file's last column)."""
+
+    tokens_column: str = field(default="tokens", metadata={"help": "Column (JSON key) with each sentence's words."})
+    tags_column: str = field(
+        default="tags", metadata={"help": "Column (JSON key) with each sentence's tags ('ner_tags' on Hub CoNLL-2003)."}
+    )
+    tag_names: list[str] | None = field(
+        default=None, metadata={"help": "The tag of each integer id, for integer tags without ClassLabel names."}
+    )
+    tag_scheme: str | None = field(
+        default=None,
+        metadata={"help": "Leave unset to detect from the train tags.", "choices": ["IOB1", "BIO", "BIOES", "IO"]},
+    )
+    max_seq_length: int | None = field(
+        default=256,
+        metadata={"help": "Longest window in tokens (capped at the model's limit); longer sentences are split. Batches pad dynamically."},
+    )
+    stride: int = field(
+        default=32,
+        metadata={"help": "Tokens shared by consecutive windows of a long sentence; each word is predicted once, "
+                          "in the window where it has the most context."},
+    )
+    label_all_subtokens: bool = field(
+        default=False,
+        metadata={"help": "Train on every sub-token of a word (B-X becomes I-X after the first) instead of the first only."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_seq_length is not None and self.max_seq_length < 8:
+            raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+        if self.stride < 0:
+            raise ValueError(f"--stride must be >= 0, got {self.stride}")
+        if self.max_seq_length is not None and self.stride > self.max_seq_length // 2:
+            raise ValueError(
+                f"--stride {self.stride} must be at most half of --max_seq_length ({self.max_seq_length}): "
+                "windows would advance by only a few tokens"
+            )
+
+
+@dataclass
+class ImageDataArguments(DataArguments):
+    """Image classification: a Hub dataset, a local image folder, or csv / jsonl / parquet files of image paths
+    (relative to the file's folder) and labels; single-label or multi-label."""
+
+    image_folder: str | None = field(
+        default=None,
+        metadata={"help": "Local folder of <class>/<image> (or {train,val,test}/<class>/<image>); the short name "
+                          "'sklearn-digits' exports scikit-learn's bundled digits into the ftlib cache and uses them."},
+    )
+    image_column: str = field(
+        default="image", metadata={"help": "Column with the images (a Hub Image feature) or image paths."}
+    )
+    id_column: str | None = field(
+        default=None, metadata={"help": "Column identifying rows in predictions (default: the image path, else the row number)."}
+    )
+    multi_label: bool = field(
+        default=False,
+        metadata={"help": "Several labels per image (a list, or strings split at --label_separator); sigmoid outputs. "
+                          "Lists and --label_separator imply it."},
+    )
+    label_separator: str | None = field(
+        default=None, metadata={"help": "Multi-label from strings like 'cat;dog': the separator (';')."}
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Train and predict at this square size instead of the checkpoint's (its resize-to-crop ratio "
+                          "kept); the saved image processor is changed to match. ViT-style models need their own size."},
+    )
+    augmentation: str = field(
+        default="standard",
+        metadata={"help": "Training augmentation preset: none, light (random resized crop + flip), standard (+ rotation, "
+                          "colour jitter), strong (+ TrivialAugment, random erasing). Evaluation is resize + centre crop.",
+                  "choices": ["none", "light", "standard", "strong"]},
+    )
+    augmentation_knobs: str | None = field(
+        default=None,
+        metadata={"help": 'JSON object (a mapping in YAML) overriding the preset\'s knobs, e.g. \'{"hflip": 0.0, '
+                          '"crop_scale": [0.5, 1.0]}\'. Knobs: crop_scale, crop_ratio, hflip, vflip, rotation, color_jitter, '
+                          "auto_augment (trivial / rand), rand_magnitude, erasing, crop_pct (evaluation too)."},
+    )
+    mixup_alpha: float = field(default=0.0, metadata={"help": "MixUp Beta(alpha, alpha) on training batches (0 = off)."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha) on training batches (0 = off)."})
+    mixup_prob: float = field(
+        default=1.0, metadata={"help": "Share of training batches mixed when MixUp or CutMix is on (one of the two at random)."}
+    )
+    check_images: bool = field(
+        default=True,
+        metadata={"help": "Decode every image once before training, so a bad file fails early, named. Off: it fails "
+                          "when a worker reaches it (still named)."},
+    )
+    skip_corrupt_images: bool = field(
+        default=False, metadata={"help": "Drop unreadable or truncated images (counted and listed in the log) instead of failing."}
+    )
+
+    def _source_fields(self) -> tuple[str, ...]:
+        return ("dataset_name", "train_file", "image_folder")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from ftlib.data.image import check_knobs
+
+        check_knobs(self.augmentation, self.knobs)
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError(f"--mixup_alpha and --cutmix_alpha must be >= 0, got {self.mixup_alpha}, {self.cutmix_alpha}")
+        if not 0.0 <= self.mixup_prob <= 1.0:
+            raise ValueError(f"--mixup_prob must be in [0, 1], got {self.mixup_prob}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"--image_size must be at least 8, got {self.image_size}")
+        if self.skip_corrupt_images and not self.check_images:
+            raise ValueError("--skip_corrupt_images needs --check_images (the scan is what finds them)")
+
+    @property
+    def knobs(self) -> dict:
+        """The augmentation knob overrides as a dict."""
+        if not self.augmentation_knobs:
+            return {}
+        try:
+            knobs = json.loads(self.augmentation_knobs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--augmentation_knobs is not valid JSON: {err}") from None
+        if not isinstance(knobs, dict):
+            raise ValueError(f"--augmentation_knobs must be a JSON object, got {self.augmentation_knobs!r}")  # noqa: TRY004
+        return knobs
+
+    @property
+    def problem_type(self) -> str | None:
+        """Multi-label when asked; otherwise detected from the label column."""
+        return "multi_label_classification" if self.multi_label else None
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0

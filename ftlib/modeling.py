@@ -33,9 +33,10 @@ def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str]
         ours = list(id2label.values())
         if theirs != ours and not all(_DEFAULT_NAME.fullmatch(str(n)) for n in theirs):
             logger.warning("the checkpoint's head labels %s are renamed to the data's %s", theirs, ours)
-    config.num_labels = num_labels
-    config.id2label = dict(id2label)
-    config.label2id = {v: k for k, v in id2label.items()}
+    if id2label:
+        config.id2label = dict(id2label)
+        config.label2id = {v: k for k, v in id2label.items()}
+    config.num_labels = num_labels  # after id2label, which resets it (regression: one output, no names)
     config.problem_type = problem_type
     for key, value in extra.items():
         setattr(config, key, value)
@@ -51,4 +52,28 @@ def load_model(auto_class, model_args, config):
         cache_dir=model_args.cache_dir,
         trust_remote_code=model_args.trust_remote_code,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+    )
+
+
+def load_tokenizer(model_args):
+    """``AutoTokenizer.from_pretrained`` for the checkpoint, with the same revision, cache and remote-code setting."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        model_args.path,
+        revision=model_args.revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+
+def load_image_processor(model_args):
+    """``AutoImageProcessor.from_pretrained`` for the checkpoint, with the same revision, cache and remote-code setting."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(
+        model_args.path,
+        revision=model_args.revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
     )

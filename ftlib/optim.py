@@ -84,6 +84,14 @@ def resolve_optimizer(training_args: TrainingArguments, torch_optimizer: str | N
         )
         names.remove("Optimizer")
         raise ValueError(f"--torch_optimizer '{torch_optimizer}' is not a torch.optim optimizer; choose from {', '.join(names)}")
+    # Every group carries its own lr and weight_decay, which would override (silently) or clash with these.
+    per_group = {"lr": "--learning_rate", "weight_decay": "--weight_decay"}
+    clash = [k for k in torch_kwargs if k in per_group]
+    if clash:
+        raise ValueError(
+            f"--torch_optimizer_kwargs: {', '.join(map(repr, clash))} is set per parameter group; "
+            f"use {', '.join(per_group[k] for k in clash)} instead"
+        )
     accepted = inspect.signature(cls.__init__).parameters
     unknown = [k for k in torch_kwargs if k not in accepted]
     if unknown:

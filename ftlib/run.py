@@ -24,6 +24,15 @@ from ftlib.trainer import check_strategy_args
 
 logger = logging.getLogger("ftlib")
 
+# TrainingArguments defaults every recipe shares (each recipe adds its own; a config or the command line overrides them).
+TRAINING_DEFAULTS = {
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 10,
+    "report_to": "none",
+}
+
 
 @dataclass
 class RunStart:
@@ -99,6 +108,18 @@ def evaluate(trainer, dataset, prefix: str = "eval") -> dict[str, float]:
     return metrics
 
 
+def predict(trainer, dataset, prefix: str = "test") -> tuple[Any, dict[str, float]]:
+    """``(predictions, metrics)`` for a split; when it has labels its metrics are logged and saved as
+    ``{prefix}_results.json`` (without labels ``metrics`` is empty). Predictions are in dataset order."""
+    output = trainer.predict(dataset, metric_key_prefix=prefix)
+    metrics: dict[str, float] = {}
+    if output.metrics and "labels" in dataset.column_names:
+        metrics = dict(output.metrics)
+        trainer.log_metrics(prefix, metrics)
+        trainer.save_metrics(prefix, metrics)
+    return output.predictions, metrics
+
+
 def save_model(trainer, ft_args: FineTuneArguments) -> None:
     """The final model: full weights, the LoRA adapter, or the merged model (safetensors in every case)."""
     output_dir = trainer.args.output_dir
@@ -166,3 +187,26 @@ def write_predictions(path: str | Path, ids, label_names: list[str], predictions
             else:
                 writer.writerow([row_id, label_names[int(pred)], f"{float(score):.4f}"])
     return path
+
+
+def write_confusion_matrix(path: str | Path, predictions, label_ids, label_names: list[str]) -> list[list[int]]:
+    """``{"labels": names, "matrix": counts}`` as JSON, rows the true label and columns the predicted one."""
+    from ftlib.metrics import confusion
+
+    matrix = confusion(predictions, label_ids, len(label_names))
+    rows = ",\n  ".join(json.dumps(row) for row in matrix)  # one line per true label: readable as a table
+    Path(path).write_text(f'{{\n "labels": {json.dumps(list(label_names))},\n "matrix": [\n  {rows}\n ]\n}}\n')
+    return matrix
+
+
+def predict_test(trainer, dataset, ids, labels) -> dict[str, float]:
+    """Predict the test split: its metrics when it has labels (see :func:`predict`), and
+    ``test_predictions.csv`` with one row per id (``labels`` is the run's ``LabelInfo``)."""
+    from ftlib.metrics import decode_logits
+
+    logits, metrics = predict(trainer, dataset, "test")
+    preds, scores = decode_logits(logits, labels.problem_type)
+    if trainer.is_world_process_zero():
+        write_predictions(Path(trainer.args.output_dir) / "test_predictions.csv", ids, labels.names, preds, scores,
+                          labels.problem_type)
+    return metrics

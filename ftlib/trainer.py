@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from accelerate.utils import DistributedType
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
+from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.trainer_utils import has_length
 
 from ftlib.anatomy import Anatomy, find_anatomy
 from ftlib.args import FineTuneArguments
@@ -86,11 +88,21 @@ def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArgum
 
 class FtTrainer(Trainer):
     """``Trainer`` with ftlib's optimizer groups, loss and safety checks. Extra keyword arguments:
-    ``ft_args`` (:class:`FineTuneArguments`), ``anatomy`` and ``class_weights`` (a tensor or None)."""
+    ``ft_args`` (:class:`FineTuneArguments`), ``anatomy``, ``class_weights`` (a tensor or None) and
+    ``train_batch_transform`` (applied to training batches only, e.g. mixup / cutmix)."""
 
-    def __init__(self, *args, ft_args: FineTuneArguments, anatomy: Anatomy | None = None, class_weights=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        ft_args: FineTuneArguments,
+        anatomy: Anatomy | None = None,
+        class_weights=None,
+        train_batch_transform=None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.ft_args = ft_args
+        self.train_batch_transform = train_batch_transform
         self.anatomy = anatomy or find_anatomy(self.model, ft_args.blocks_pattern)
         self.class_weights = class_weights
         self.group_table = ""
@@ -132,6 +144,16 @@ class FtTrainer(Trainer):
             print(f"Optimizer {type(self.optimizer).__name__}, parameter groups:\n{self.group_table}", flush=True)
         return self.optimizer
 
+    # -- evaluation order ------------------------------------------------------------------------------
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluate in dataset order. Trainer groups evaluation batches by length too when
+        ``train_sampling_strategy`` is ``group_by_length``, which permutes the predictions; recipes pair
+        predictions with rows (ids, words of a sentence) by position."""
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        # distributed: None lets accelerate shard in order; gather_for_metrics restores the order
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
     # -- loss --------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
@@ -153,6 +175,8 @@ class FtTrainer(Trainer):
 
     # -- one step ------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.train_batch_transform is not None:
+            inputs = self.train_batch_transform(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             raise FloatingPointError(

@@ -16,27 +16,33 @@ Does not support: generative classification, more than two text columns.
 from __future__ import annotations
 
 import numpy as np
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
 
 from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
 from ftlib.checkpoints import public_name
 from ftlib.cli import parse_args
-from ftlib.data.files import load_data, require_columns, source_name
+from ftlib.data.files import limit_samples, load_data, require_columns, source_name
 from ftlib.data.labels import encode_labels, ensure_validation, infer_labels
 from ftlib.data.text import effective_max_length, tokenize_text
 from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric
-from ftlib.modeling import load_config_for_labels, load_model
-from ftlib.run import evaluate, publish, save_model, set_best_metric, start_run, train, write_predictions
+from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
+from ftlib.run import (
+    TRAINING_DEFAULTS,
+    evaluate,
+    predict,
+    publish,
+    save_model,
+    set_best_metric,
+    start_run,
+    train,
+    write_predictions,
+)
 from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
 
 # Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
 RECIPE_DEFAULTS = {
+    **TRAINING_DEFAULTS,
     "train_sampling_strategy": "group_by_length",  # batches of similar length pad less
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "logging_steps": 10,
-    "report_to": "none",
 }
 
 
@@ -60,21 +66,16 @@ def main(
         raw["train"], data_args.label_column, source_name(data_args, "train"), data_args.problem_type,
         data_args.label_separator,
     )
-    raw = ensure_validation(raw, data_args.label_column, data_args.validation_split_percentage, training_args.seed)
-    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
-                         ("test", data_args.max_predict_samples)):
-        if split in raw and limit is not None:
-            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+    raw = ensure_validation(raw, data_args.label_column, data_args.validation_split_percentage, training_args.seed,
+                            stratify=labels.problem_type != "regression")
+    raw = limit_samples(raw, data_args)
     for split in raw:
         if data_args.label_column in raw[split].column_names:
             raw[split] = encode_labels(raw[split], data_args.label_column, labels, source_name(data_args, split),
                                        data_args.label_separator)
 
     # -- model and tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.path, revision=model_args.revision, cache_dir=model_args.cache_dir,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    tokenizer = load_tokenizer(model_args)
     config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type)
     model = load_model(AutoModelForSequenceClassification, model_args, config)
 
@@ -118,11 +119,9 @@ def main(
 
     # -- predict
     if "test" in encoded:
-        output = trainer.predict(encoded["test"], metric_key_prefix="test")
-        if output.metrics and "labels" in encoded["test"].column_names:
-            metrics.update({k: v for k, v in output.metrics.items()})
-            trainer.save_metrics("test", output.metrics)
-        preds, scores = decode_logits(output.predictions, labels.problem_type)
+        logits, test_metrics = predict(trainer, encoded["test"], "test")
+        metrics.update(test_metrics)
+        preds, scores = decode_logits(logits, labels.problem_type)
         ids = raw["test"][data_args.id_column] if data_args.id_column else np.arange(len(raw["test"]))
         if trainer.is_world_process_zero():
             write_predictions(f"{training_args.output_dir}/test_predictions.csv", ids, labels.names, preds, scores,

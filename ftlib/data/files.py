@@ -26,15 +26,19 @@ def check_text_file(path: Path) -> None:
         raise ValueError(f"data file is empty: {path}")
     if path.suffix == ".parquet":
         return
+    filled = 0
     with path.open("rb") as handle:
         for line_number, line in enumerate(handle, start=1):
             try:
-                line.decode("utf-8")
+                filled += bool(line.decode("utf-8").strip())
             except UnicodeDecodeError as err:
                 raise ValueError(
                     f"{path} is not UTF-8: line {line_number}, byte {err.start} ({line[err.start:err.start + 4]!r}); "
                     "re-save it as UTF-8"
                 ) from None
+    header_lines = 1 if path.suffix.lower() in (".csv", ".tsv") else 0
+    if filled <= header_lines:
+        raise ValueError(f"data file has no rows: {path}")
 
 
 def load_files(files: dict[str, str | None], cache_dir: str | None = None) -> DatasetDict:
@@ -75,10 +79,13 @@ def load_hub(name: str, config: str | None, splits: dict[str, str | None], cache
 
 
 def source_name(data_args, role: str) -> str:
-    """How to name a split in messages: its file path, or dataset:split."""
+    """How to name a split in messages: its file path, its image folder, or dataset:split."""
     path = getattr(data_args, f"{role}_file", None)
     if path:
         return str(path)
+    folder = getattr(data_args, "image_folder", None)
+    if folder:
+        return f"{folder} ({role})"
     return f"{data_args.dataset_name}:{role}"
 
 
@@ -109,3 +116,13 @@ def load_data(data_args, cache_dir: str | None = None) -> DatasetDict:
         if splits["test"] is None and "test" in raw_names:
             splits["test"] = "test"
     return load_hub(data_args.dataset_name, data_args.dataset_config_name, splits, cache_dir)
+
+
+def limit_samples(data: DatasetDict, data_args) -> DatasetDict:
+    """The first ``--max_train_samples`` / ``--max_eval_samples`` / ``--max_predict_samples`` rows of each split."""
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_predict_samples}
+    for split, limit in limits.items():
+        if split in data and limit is not None:
+            data[split] = data[split].select(range(min(limit, len(data[split]))))
+    return data

@@ -1,27 +1,22 @@
-"""Image-classification data pieces: loading, safe decoding, transforms, MixUp/CutMix, worker count.
+"""Image-classification data: sources as rows of image references, safe decoding, a scan for bad files,
+transforms sized from the checkpoint's image processor, MixUp / CutMix, and the worker count.
 
-Loaders return a `datasets.DatasetDict` whose rows hold an image *reference* and a label, never decoded
-pixels: local sources give columns `image_path` (str) and `label`; a Hub dataset gives `image` (an
-`Image(decode=False)` dict of bytes/path) and `label`. Decoding happens lazily, per batch, inside the
-DataLoader workers through `make_transform_fn` + `Dataset.set_transform`.
-
-Labels are class names (str; a sorted list of names for multi-label) except for a Hub `ClassLabel`
-column, whose integer ids are kept. Split names are `train`, `validation` (from `val`, `valid` or
-`validation`) and `test`.
-
-Note for the Trainer wiring: `Dataset.set_transform` needs `remove_unused_columns=False`, otherwise the
-Trainer drops `image_path`/`label` before the transform sees them.
+Rows hold an image *reference* and a label, never decoded pixels: an image folder or csv / jsonl files give
+a column of paths; a Hub dataset's ``Image`` column is cast to ``Image(decode=False)`` (bytes and path).
+Pixels are decoded lazily, per batch, inside the DataLoader workers: ``Dataset.with_transform`` with an
+:class:`ImageTransform`. Labels are the shared ones (``ftlib.data.labels``: names, validation split,
+encoding), so a recipe needs ``remove_unused_columns=False``: otherwise the Trainer drops the image
+column before the transform sees it.
 """
 
 from __future__ import annotations
 
-import csv
+import copy
 import io
-import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,11 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 from PIL import Image, ImageOps
-from sklearn.model_selection import train_test_split
 from torchvision.transforms import v2
+
+from ftlib.data.files import load_data, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +50,8 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def _class_folder_rows(folder: Path) -> dict[str, list[str]]:
-    """`folder/<class>/**/<image>` -> columns image_path, label; ValueError when no image is found."""
+def _class_folder_rows(folder: Path, image_column: str, label_column: str) -> dict[str, list[str]]:
+    """`folder/<class>/**/<image>` -> columns of paths and class names; ValueError when no image is found."""
     paths: list[str] = []
     labels: list[str] = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -64,207 +60,104 @@ def _class_folder_rows(folder: Path) -> dict[str, list[str]]:
             labels.append(class_dir.name)
     if not paths:
         raise ValueError(f"No images found in {folder} (expected {folder}/<class>/<image>)")
-    return {"image_path": paths, "label": labels}
+    return {image_column: paths, label_column: labels}
 
 
-def stratified_split(dataset: Dataset, label_column: str = "label", val_fraction: float = 0.1,
-                     seed: int = 42, multi_label: bool = False) -> DatasetDict:
-    """Split one Dataset into train/validation, stratified on the label (seeded, order-stable).
+def load_image_folder(root: str | os.PathLike, image_column: str = "image",
+                      label_column: str = "label") -> DatasetDict:
+    """List an imagefolder tree into columns `image_column` (path) and `label_column` (class folder name).
 
-    Multi-label rows cannot be stratified by sklearn, so they are split at random (seeded)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    labels = list(dataset[label_column])  # datasets 5 returns a lazy Column
-    stratify = None
-    if not multi_label:
-        counts: dict[Any, int] = {}
-        for lab in labels:
-            counts[lab] = counts.get(lab, 0) + 1
-        rare = sorted(str(k) for k, c in counts.items() if c < 2)
-        if rare:
-            raise ValueError(f"Cannot make a stratified validation split: class(es) {rare} have fewer than "
-                             f"2 images; add images or provide a validation split")
-        stratify = labels
-    train_idx, val_idx = train_test_split(np.arange(len(dataset)), test_size=val_fraction,
-                                          random_state=seed, stratify=stratify)
-    # Sorted indices keep the original (sorted-path) order inside each split.
-    return DatasetDict(train=dataset.select(np.sort(train_idx)), validation=dataset.select(np.sort(val_idx)))
-
-
-def load_image_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 42) -> DatasetDict:
-    """List an imagefolder tree into columns `image_path`, `label` (class folder name), without decoding.
-
-    Layouts: `root/<class>/*` (seeded stratified train/validation split) or
-    `root/{train,val|valid|validation,test}/<class>/*` (validation made from train when absent)."""
+    Layouts: `root/<class>/*` (a train split only) or `root/{train,val|valid|validation,test}/<class>/*`.
+    Rows are sorted by path. Nothing is decoded, and no validation split is made here: that is
+    `ftlib.data.labels.ensure_validation`'s job, the same for every source."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder not found: {root}")
     subdirs = {p.name: p for p in root.iterdir() if p.is_dir()}
     if "train" not in subdirs:
-        dsd = stratified_split(Dataset.from_dict(_class_folder_rows(root)), "label", val_fraction, seed)
-    else:
-        splits: dict[str, Dataset] = {}
-        for name, path in sorted(subdirs.items()):
-            split = SPLIT_ALIASES.get(name)
-            if split is None:
-                logger.warning("Ignoring folder %s: not a split name (%s)", path, sorted(SPLIT_ALIASES))
-                continue
-            if split in splits:
-                raise ValueError(f"Two folders in {root} map to the {split!r} split; keep one of "
-                                 f"{[n for n in subdirs if SPLIT_ALIASES.get(n) == split]}")
-            splits[split] = Dataset.from_dict(_class_folder_rows(path))
-        if "validation" not in splits:
-            splits.update(stratified_split(splits["train"], "label", val_fraction, seed))
-        dsd = DatasetDict({k: splits[k] for k in ("train", "validation", "test") if k in splits})
-    label_names(dsd, "label")  # fails naming any validation/test class unseen in train
-    return dsd
-
-
-def _require_columns(columns: Iterable[str], required: Iterable[str], where: str) -> None:
-    columns = list(columns)
-    for col in required:
-        if col not in columns:
-            raise ValueError(f"Column {col!r} not found in {where}; available columns: {columns}")
-
-
-def _read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, rows) of a .csv/.tsv (values str) or .jsonl/.json (one object a line, or a JSON list)."""
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
-    elif suffix in (".jsonl", ".json"):
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        columns = list(rows[0]) if rows else []
-    else:
-        raise ValueError(f"Unsupported table format {suffix!r} for {path}; use .csv, .tsv, .jsonl or .json")
-    if not rows:
-        raise ValueError(f"No rows in {path}")
-    return columns, rows
-
-
-def _parse_label(value: Any, multi_label: bool, label_sep: str, where: str) -> str | list[str]:
-    if multi_label:
-        if value is None:
-            return []
-        items = value if isinstance(value, list) else str(value).split(label_sep)
-        return sorted({str(v).strip() for v in items if str(v).strip()})
-    if isinstance(value, list) or value is None or str(value).strip() == "":
-        raise ValueError(f"{where}: expected one label, got {value!r} (set multi_label for lists)")
-    return str(value).strip()
-
-
-def _table_split(path: Path, image_column: str, label_column: str, multi_label: bool,
-                 label_sep: str) -> Dataset:
-    columns, rows = _read_table(path)
-    _require_columns(columns, [image_column, label_column], str(path))
-    base = path.parent
-    paths, labels = [], []
-    for i, row in enumerate(rows):
-        where = f"{path} row {i + 1}"
-        raw = row.get(image_column)
-        if raw is None or str(raw).strip() == "":
-            raise ValueError(f"{where}: empty {image_column!r}")
-        p = Path(str(raw).strip()).expanduser()
-        paths.append(str(p if p.is_absolute() else base / p))  # relative paths are relative to the table
-        labels.append(_parse_label(row.get(label_column), multi_label, label_sep, where))
-    return Dataset.from_dict({"image_path": paths, "label": labels})
-
-
-def load_image_table(train_file: str | os.PathLike, validation_file: str | os.PathLike | None = None,
-                     test_file: str | os.PathLike | None = None, *, image_column: str = "image",
-                     label_column: str = "label", multi_label: bool = False, label_sep: str = ";",
-                     val_fraction: float = 0.1, seed: int = 42) -> DatasetDict:
-    """Read csv/tsv/jsonl tables of (image path, label) into columns `image_path`, `label`.
-
-    Relative paths resolve against each table's folder. Multi-label values are a JSON list or a
-    `label_sep`-separated string (stored as sorted unique names). Without `validation_file` a seeded
-    (stratified for single-label) validation split is taken from train."""
-    args = (image_column, label_column, multi_label, label_sep)
-    splits = {"train": _table_split(Path(train_file), *args)}
-    if validation_file is not None:
-        splits["validation"] = _table_split(Path(validation_file), *args)
-    else:
-        splits.update(stratified_split(splits["train"], "label", val_fraction, seed, multi_label))
-    if test_file is not None:
-        splits["test"] = _table_split(Path(test_file), *args)
-    dsd = DatasetDict(splits)
-    label_names(dsd, "label", multi_label)
-    return dsd
-
-
-def prepare_hub_dataset(data: DatasetDict | Dataset, image_column: str = "image", label_column: str = "label",
-                        *, multi_label: bool = False, val_fraction: float = 0.1, seed: int = 42) -> DatasetDict:
-    """Normalise an already-loaded Hub dataset to columns `image` (undecoded) and `label`.
-
-    The image column (an `Image` feature, or str paths) is cast to `Image(decode=False)` so rows carry
-    bytes/paths and the workers decode. Split aliases are renamed; validation is made from train when
-    absent. A ClassLabel label column keeps its integer ids."""
-    if isinstance(data, Dataset):
-        data = DatasetDict(train=data)
+        return DatasetDict(train=Dataset.from_dict(_class_folder_rows(root, image_column, label_column)))
     splits: dict[str, Dataset] = {}
-    for name, ds in data.items():
-        split = SPLIT_ALIASES.get(name, name)
-        _require_columns(ds.column_names, [image_column, label_column], f"split {name!r}")
-        ds = ds.select_columns([image_column, label_column])
-        feature = ds.features[image_column]
-        if isinstance(feature, ImageFeature):
-            ds = ds.cast_column(image_column, ImageFeature(decode=False))
-        elif getattr(feature, "dtype", None) not in ("string", "large_string"):
-            raise ValueError(f"Column {image_column!r} must be an Image feature or str paths, got {feature}")
-        if image_column != "image":
-            ds = ds.rename_column(image_column, "image")
-        if label_column != "label":
-            ds = ds.rename_column(label_column, "label")
-        if len(ds) == 0:
-            raise ValueError(f"Split {name!r} is empty")
-        splits[split] = ds
-    if "train" not in splits:
-        raise ValueError(f"No train split; splits: {list(data)}")
-    if "validation" not in splits:
-        splits.update(stratified_split(splits["train"], "label", val_fraction, seed, multi_label))
-    order = ["train", "validation", "test"] + sorted(set(splits) - {"train", "validation", "test"})
-    dsd = DatasetDict({k: splits[k] for k in order if k in splits})
-    label_names(dsd, "label", multi_label)
-    return dsd
-
-
-def _class_label(feature: Any) -> ClassLabel | None:
-    """The ClassLabel of a label feature (plain, or the element of a multi-label list), else None."""
-    if isinstance(feature, ClassLabel):
-        return feature
-    inner = getattr(feature, "feature", None)
-    return inner if isinstance(inner, ClassLabel) else None
-
-
-def label_names(data: DatasetDict, label_column: str = "label", multi_label: bool = False) -> list[str]:
-    """Class names: ClassLabel names, else the sorted names seen in train.
-
-    Raises ValueError naming any validation/test label that never occurs in train."""
-    train = data["train"]
-    cl = _class_label(train.features[label_column])
-    if cl is not None:
-        return list(cl.names)
-
-    def seen(ds: Dataset) -> set[str]:
-        values = list(ds[label_column])
-        return {v for vs in values for v in vs} if multi_label else set(values)
-
-    names = seen(train)
-    for split, ds in data.items():
-        if split == "train":
+    for name, path in sorted(subdirs.items()):
+        split = SPLIT_ALIASES.get(name)
+        if split is None:
+            logger.warning("Ignoring folder %s: not a split name (%s)", path, sorted(SPLIT_ALIASES))
             continue
-        unseen = sorted(seen(ds) - names)
-        if unseen:
-            raise ValueError(f"Label(s) {unseen} in split {split!r} never occur in train "
-                             f"(train classes: {sorted(names)})")
-    return sorted(names)
+        if split in splits:
+            raise ValueError(f"Two folders in {root} map to the {split!r} split; keep one of "
+                             f"{[n for n in subdirs if SPLIT_ALIASES.get(n) == split]}")
+        splits[split] = Dataset.from_dict(_class_folder_rows(path, image_column, label_column))
+    return DatasetDict({k: splits[k] for k in ("train", "validation", "test") if k in splits})
+
+
+def _digits_folder() -> Path:
+    from ftlib.data.digits import export_digits
+
+    return export_digits()
+
+
+# Image folders that are built offline on first use, by short name (as ftlib.checkpoints does for models).
+OFFLINE_IMAGE_FOLDERS: dict[str, Callable[[], Path]] = {"sklearn-digits": _digits_folder}
+
+
+def resolve_image_folder(name: str | os.PathLike) -> Path:
+    """The folder for a known short name (``sklearn-digits``) unless a folder of that name exists; else `name`."""
+    if str(name) in OFFLINE_IMAGE_FOLDERS and not Path(name).exists():
+        return OFFLINE_IMAGE_FOLDERS[str(name)]()
+    return Path(name)
+
+
+def resolve_paths(dataset: Dataset, column: str, base: str | os.PathLike) -> Dataset:
+    """Make relative image paths (and `~`) absolute, relative to `base` (the folder of the table naming them)."""
+    base = Path(base)
+
+    def absolute(batch: dict[str, list]) -> dict[str, list]:
+        out = []
+        for raw in batch[column]:
+            path = Path(str(raw).strip()).expanduser() if raw is not None else None
+            out.append(None if path is None else str(path if path.is_absolute() else base / path))
+        return {column: out}
+
+    return dataset.map(absolute, batched=True, desc=f"image paths relative to {base}")
+
+
+def undecoded(dataset: Dataset, column: str) -> Dataset:
+    """The dataset with an `Image` column cast to `Image(decode=False)`: rows carry bytes / paths and the
+    DataLoader workers decode. A column of path strings is kept; any other type is an error."""
+    feature = dataset.features[column]
+    if isinstance(feature, ImageFeature):
+        return dataset.cast_column(column, ImageFeature(decode=False)) if feature.decode else dataset
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise ValueError(f"Column {column!r} must hold images (an Image feature) or image paths, got {feature}")
+    return dataset
+
+
+def load_image_data(data_args, cache_dir: str | None = None) -> DatasetDict:
+    """The splits `data_args` names (`image_folder`, csv / jsonl / parquet `*_file`s, or a Hub
+    `dataset_name`) with the image column undecoded and file paths absolute. Labels are left as they are."""
+    if data_args.image_folder:
+        return load_image_folder(resolve_image_folder(data_args.image_folder), data_args.image_column,
+                                 data_args.label_column)
+    raw = load_data(data_args, cache_dir)
+    column = data_args.image_column
+    for split in list(raw):
+        if column not in raw[split].column_names:
+            continue  # the shared column check names it, with the source
+        table = getattr(data_args, f"{split}_file", None) if data_args.train_file else None
+        if table and getattr(raw[split].features[column], "dtype", None) in ("string", "large_string"):
+            raw[split] = resolve_paths(raw[split], column, Path(table).parent)
+        raw[split] = undecoded(raw[split], column)
+    return raw
+
+
+def image_ids(dataset: Dataset, column: str, batch_size: int = 1024) -> list[str]:
+    """An id per row for predictions: the image's path, or the row number for an image held only as bytes.
+    Reads in batches, so a column of image bytes is never loaded whole."""
+    ids: list[str] = []
+    for batch in dataset.with_format(None).select_columns([column]).iter(batch_size=batch_size):
+        for src in batch[column]:
+            path = src.get("path") if isinstance(src, Mapping) else src
+            ids.append(str(path) if path else str(len(ids)))
+    return ids
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -362,7 +255,7 @@ def scan_images(dataset: Dataset | DatasetDict, column: str, skip_corrupt: bool 
             out[split], bad = scan_images(ds, column, skip_corrupt, num_threads, chunk_size)
             skipped += bad
         return DatasetDict(out), skipped
-    _require_columns(dataset.column_names, [column], "dataset")
+    require_columns(dataset, [column], "dataset")
     plain = dataset.with_format(None)  # no user transform: we want the raw path/bytes
     threads = num_threads or min(8, _available_cpus())
     keep: list[int] = []
@@ -492,7 +385,38 @@ def processor_geometry(image_processor: Any, crop_pct: float | None = None) -> d
             "std": tuple(float(v) for v in std * extra / scale)}
 
 
-def _check_knobs(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+def resize_processor(image_processor: Any, image_size: int) -> Any:
+    """A copy of `image_processor` whose output is `image_size` x `image_size`, its resize-to-crop ratio kept
+    (shorter side 256 before a 224 crop becomes 73 before a 64 crop). Save this copy with the model, so that
+    inference preprocesses as training did."""
+    from transformers.image_utils import SizeDict
+
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if _get(image_processor, "data_config"):
+        raise ValueError("image_size cannot be changed on a timm image processor; change the model's input size")
+    proc = copy.deepcopy(image_processor)
+    size = _size_dict(_get(proc, "size"))
+    crop = _size_dict(_get(proc, "crop_size")) if _get(proc, "do_center_crop") else {}
+    if "height" in crop and "width" in crop:
+        if "shortest_edge" in size:
+            new_size = SizeDict(shortest_edge=round(image_size * size["shortest_edge"] / min(crop.values())))
+        else:
+            new_size = SizeDict(height=round(image_size * size["height"] / crop["height"]),
+                                width=round(image_size * size["width"] / crop["width"]))
+        proc.crop_size = SizeDict(height=image_size, width=image_size)
+    elif "shortest_edge" in size:
+        new_size = SizeDict(shortest_edge=image_size)  # a processor's crop_pct (ConvNeXt) keeps its ratio
+    elif "height" in size and "width" in size:
+        new_size = SizeDict(height=image_size, width=image_size)
+    else:
+        raise ValueError(f"Unsupported image processor size {size}; expected height/width or shortest_edge")
+    proc.size = new_size
+    return proc
+
+
+def check_knobs(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Every knob's value: the preset's over the defaults, `overrides` over both; unknown names are errors."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown augmentation preset {preset!r}; valid presets: {list(PRESETS)}")
     unknown = sorted(set(overrides) - set(KNOBS))
@@ -521,7 +445,7 @@ def build_transforms(image_processor: Any, preset: str = "standard", train: bool
     normalise. Presets: light = RandomResizedCrop + hflip; standard = + rotation + ColorJitter;
     strong = + TrivialAugmentWide/RandAugment (`auto_augment`) + RandomErasing. Keyword overrides
     (see KNOBS) change any knob on top of the preset."""
-    knobs = _check_knobs(preset, overrides)
+    knobs = check_knobs(preset, overrides)
     geo = processor_geometry(image_processor, knobs["crop_pct"])
     interp = geo["interpolation"]
     # Geometry runs on uint8 tensors: the same kernels as the HF torchvision-backend processors.
@@ -556,74 +480,49 @@ def build_transforms(image_processor: Any, preset: str = "standard", train: bool
     return v2.Compose(steps)
 
 
-class ImageTransformFn:
-    """Batch transform for `Dataset.set_transform`: decode + transform -> pixel_values, labels.
+class ImageTransform:
+    """Batch transform for `Dataset.with_transform`: decode + transform the image column into
+    `pixel_values`; `labels` (already encoded, ``ftlib.data.labels.encode_labels``) pass through.
 
     A class rather than a closure so that it pickles into spawned DataLoader workers."""
 
-    def __init__(self, transform: Callable[[Image.Image], torch.Tensor], image_column: str,
-                 label2id: Mapping[str, int], multi_label: bool = False, label_column: str = "label"):
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor], image_column: str):
         self.transform = transform
         self.image_column = image_column
-        self.label_column = label_column
-        self.label2id = dict(label2id)
-        self.multi_label = multi_label
-
-    def _id(self, label: str | int) -> int:
-        if isinstance(label, (int, np.integer)):
-            return int(label)  # ClassLabel ids pass through
-        try:
-            return self.label2id[label]
-        except KeyError:
-            raise ValueError(f"Label {label!r} is not in label2id ({sorted(self.label2id)})") from None
-
-    def _target(self, label: Any) -> int | torch.Tensor:
-        if not self.multi_label:
-            return self._id(label)
-        target = torch.zeros(len(self.label2id), dtype=torch.float32)
-        for lab in label:
-            target[self._id(lab)] = 1.0
-        return target
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {
             "pixel_values": [self.transform(open_image(src)) for src in batch[self.image_column]]}
-        if self.label_column in batch:  # unlabeled prediction sets have no labels
-            out["labels"] = [self._target(lab) for lab in batch[self.label_column]]
+        if "labels" in batch:  # unlabeled prediction sets have none
+            out["labels"] = batch["labels"]
         return out
 
 
-def make_transform_fn(transform: Callable[[Image.Image], torch.Tensor], image_column: str,
-                      label2id: Mapping[str, int], multi_label: bool = False,
-                      label_column: str = "label") -> ImageTransformFn:
-    """Function for `Dataset.set_transform`: rows -> {"pixel_values": [3,H,W] tensors, "labels": int
-    ids, or float multi-hot [C] vectors when multi_label}."""
-    return ImageTransformFn(transform, image_column, label2id, multi_label, label_column)
-
-
 # ----------------------------------------------------------------------------------------------------
-# Batching: plain collate, MixUp / CutMix, soft-target loss
+# Batching: plain collate, MixUp / CutMix
 # ----------------------------------------------------------------------------------------------------
 
 def image_collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack pixel_values and labels (int ids -> long [B]; multi-hot/soft -> float [B, C])."""
+    """Stack pixel_values and labels (int ids -> long [B]; multi-hot / soft vectors -> float [B, C])."""
     batch = {"pixel_values": torch.stack([f["pixel_values"] for f in features])}
     if "labels" in features[0]:
         labels = [f["labels"] for f in features]
-        batch["labels"] = (torch.stack(labels).float() if isinstance(labels[0], torch.Tensor)
-                           else torch.tensor(labels, dtype=torch.long))
+        if isinstance(labels[0], torch.Tensor):
+            batch["labels"] = torch.stack(labels).float() if labels[0].ndim else torch.stack(labels).long()
+        elif isinstance(labels[0], (list, tuple, np.ndarray)):
+            batch["labels"] = torch.tensor(np.asarray(labels, dtype=np.float32))
+        else:
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
     return batch
 
 
-class MixupCutmixCollator:
-    """Data collator applying torchvision's MixUp / CutMix (RandomChoice when both) to the batch.
+class MixupCutmix:
+    """MixUp / CutMix (a random choice of the two when both are on) on a collated training batch.
 
-    Labels always come out soft: float [B, num_classes] (one-hot when a batch is not mixed, p=1-prob),
-    so the loss must accept probability targets. transformers' built-in classification loss does not
-    (problem_type "single_label_classification" flattens labels with .view(-1) and fails; problem_type
-    None picks BCE for float labels): compute the loss with `soft_target_cross_entropy`. Use this only
-    for the training loader; evaluation batches need `image_collate` (int labels, unmixed). Multi-hot
-    float labels (multi-label) are mixed the same way, for a BCE loss."""
+    Pass it as ``FtTrainer(train_batch_transform=...)``: it then sees training batches only, never the
+    evaluation ones. Labels come out soft, float [B, num_classes] (one-hot when a batch is left unmixed,
+    with probability 1 - prob); ``FtTrainer.compute_loss`` takes such targets (cross-entropy on
+    probabilities; BCE for multi-hot multi-label targets, which are mixed the same way)."""
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
                  prob: float = 1.0):
@@ -640,19 +539,14 @@ class MixupCutmixCollator:
                  ([v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
         self.mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = image_collate(features)
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = dict(batch)
         labels = batch["labels"]
         if torch.rand(()).item() < self.prob:
             batch["pixel_values"], batch["labels"] = self.mix(batch["pixel_values"], labels)
         elif labels.ndim == 1:
             batch["labels"] = F.one_hot(labels, self.num_classes).float()
         return batch
-
-
-def soft_target_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for int class ids [B] or probability targets [B, C] (MixUp/CutMix, label smoothing)."""
-    return F.cross_entropy(logits, labels.to(logits.dtype) if labels.is_floating_point() else labels)
 
 
 # ----------------------------------------------------------------------------------------------------

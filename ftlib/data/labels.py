@@ -9,6 +9,8 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Sequence, Value
 from sklearn.model_selection import train_test_split
 
+from ftlib.data.files import limit_samples, require_columns, source_name
+
 SINGLE = "single_label_classification"
 MULTI = "multi_label_classification"
 REGRESSION = "regression"
@@ -60,7 +62,7 @@ def label_names(dataset: Dataset, column: str, problem_type: str, separator: str
         values = [v for row in values for v in _as_list(row, separator)]
     if any(v is None for v in values):
         row = values.index(None)
-        raise ValueError(f"label column '{column}' has an empty value (row {row})")
+        raise ValueError(f"label column '{column}' has an empty value (data row {row + 1})")
     unique = set(values)
     ordered = sorted(unique) if all(isinstance(v, str) for v in unique) else sorted(unique, key=float)
     return [str(v) for v in ordered]
@@ -89,10 +91,16 @@ def encode_labels(dataset: Dataset, column: str, info: LabelInfo, source: str, s
     names_of = inner.names if isinstance(inner, ClassLabel) else None
     lookup = info.label2id
 
+    if column != "labels" and info.problem_type == SINGLE and names_of is not None and list(names_of) == info.names:
+        present = dataset.select_columns([column]).unique(column)
+        if all(0 <= v < len(names_of) for v in present):
+            # The ClassLabel ids are already ours: rename rather than rewrite every column (image bytes too).
+            return dataset.rename_column(column, "labels")
+
     def to_id(value, row: int) -> int:
         key = names_of[value] if names_of is not None else str(value)
         if key not in lookup:
-            raise ValueError(f"{source}: label '{key}' (row {row}) does not occur in the training data "
+            raise ValueError(f"{source}: label '{key}' (data row {row + 1}) does not occur in the training data "
                              f"(training labels: {', '.join(info.names)})")
         return lookup[key]
 
@@ -115,19 +123,52 @@ def encode_labels(dataset: Dataset, column: str, info: LabelInfo, source: str, s
                        desc=f"labels of {source}")
 
 
-def stratified_split(dataset: Dataset, column: str, percentage: float, seed: int) -> tuple[Dataset, Dataset]:
-    """(train, validation) with ``percentage`` % held out, stratified by label where every class has two rows."""
+def stratified_split(
+    dataset: Dataset, column: str, percentage: float, seed: int, stratify: bool = True
+) -> tuple[Dataset, Dataset]:
+    """(train, validation) with ``percentage`` % held out, seeded; stratified by label when ``stratify`` and
+    the split can hold every class (each class has two rows, each side at least one row per class)."""
     labels = [str(v) for v in dataset[column]]
     counts = {label: labels.count(label) for label in set(labels)}
-    stratify = labels if min(counts.values()) >= 2 else None
+    n_val = int(np.ceil(len(labels) * percentage / 100.0))
+    feasible = min(counts.values()) >= 2 and len(counts) <= min(n_val, len(labels) - n_val)
+    stratify = labels if stratify and feasible else None
     indices = np.arange(len(dataset))
     train_idx, val_idx = train_test_split(indices, test_size=percentage / 100.0, random_state=seed, stratify=stratify)
     return dataset.select(sorted(train_idx)), dataset.select(sorted(val_idx))
 
 
-def ensure_validation(data: DatasetDict, column: str, percentage: float, seed: int) -> DatasetDict:
-    """Carve a seeded, stratified validation split out of train when there is none."""
+def ensure_validation(data: DatasetDict, column: str, percentage: float, seed: int, stratify: bool = True) -> DatasetDict:
+    """Carve a seeded (stratified for classification) validation split out of train when there is none."""
     if "validation" in data:
         return data
-    data["train"], data["validation"] = stratified_split(data["train"], column, percentage, seed)
+    data["train"], data["validation"] = stratified_split(data["train"], column, percentage, seed, stratify)
     return data
+
+
+def prepare_splits(
+    raw: DatasetDict,
+    data_args,
+    columns: list[str | None],
+    seed: int,
+    problem_type: str | None = None,
+    separator: str | None = None,
+) -> tuple[DatasetDict, LabelInfo]:
+    """The label steps of every classification recipe once its splits are loaded: check ``columns`` and the
+    label column (a test split may lack it), infer the problem type and names from train, carve a seeded
+    validation split when there is none (stratified unless regression), keep the first ``--max_*_samples``
+    rows, and encode the labels into a ``labels`` column. Returns ``(splits, label info)``."""
+    label_column = data_args.label_column
+    for split in raw:
+        needed = list(columns)
+        if split != "test" or label_column in raw[split].column_names:
+            needed.append(label_column)
+        require_columns(raw[split], needed, source_name(data_args, split))
+    labels = infer_labels(raw["train"], label_column, source_name(data_args, "train"), problem_type, separator)
+    raw = ensure_validation(raw, label_column, data_args.validation_split_percentage, seed,
+                            stratify=labels.problem_type != REGRESSION)
+    raw = limit_samples(raw, data_args)
+    for split in raw:
+        if label_column in raw[split].column_names:
+            raw[split] = encode_labels(raw[split], label_column, labels, source_name(data_args, split), separator)
+    return raw, labels

@@ -1,0 +1,161 @@
+"""Image classification: fine-tune an AutoModelForImageClassification checkpoint (ViT, DeiT, BEiT, Swin, ConvNeXt,
+ResNet, EfficientNet, ...) with a new head sized to the labels.
+
+    accelerate launch recipes/image_cls.py --config recipes/configs/image_cls/demo.yaml [--learning_rate 1e-3 ...]
+    python recipes/image_cls.py --config recipes/configs/image_cls/demo.yaml
+
+Supports: a Hub dataset (image and label columns by name), a local image folder (<class>/<image>, or
+train / val / test sub-folders), csv / jsonl / parquet files of image paths (relative to the file) and labels;
+a seeded, stratified validation split when none is given; single-label and multi-label (lists, or strings
+with --label_separator); grayscale, palette, RGBA and 16-bit images converted to RGB; every image decoded once
+before training, so a bad file fails with its name before any step (or is skipped and counted with
+--skip_corrupt_images); size and normalisation from the checkpoint's image processor (--image_size to
+change the size); augmentation presets (none / light / standard / strong) with --augmentation_knobs, and
+MixUp / CutMix on training batches; decoding and augmentation on the fly in DataLoader workers; every ftlib
+strategy flag (freezing, layer-wise learning rates, gradual unfreezing, LoRA on attention with the head
+trained, class weights, early stopping) and every standard TrainingArguments flag.
+Writes to --output_dir: the model (safetensors) and its image processor, all_results.json,
+confusion_matrix.json (single-label, validation split), test_predictions.csv (id = image path), a model card
+and a SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric.
+Does not support: detection or segmentation, video, streaming datasets.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import AutoModelForImageClassification, TrainingArguments
+
+from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
+from ftlib.checkpoints import public_name
+from ftlib.cli import parse_args
+from ftlib.data.image import (
+    ImageTransform,
+    MixupCutmix,
+    build_transforms,
+    default_num_workers,
+    image_collate,
+    image_ids,
+    load_image_data,
+    resize_processor,
+    scan_images,
+)
+from ftlib.data.labels import MULTI, SINGLE, prepare_splits
+from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric
+from ftlib.modeling import load_config_for_labels, load_image_processor, load_model
+from ftlib.run import (
+    TRAINING_DEFAULTS,
+    predict,
+    predict_test,
+    publish,
+    save_model,
+    set_best_metric,
+    start_run,
+    train,
+    write_confusion_matrix,
+)
+from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
+
+logger = logging.getLogger("ftlib.image_cls")
+
+# Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
+RECIPE_DEFAULTS = {
+    **TRAINING_DEFAULTS,
+    "remove_unused_columns": False,  # the lazy transform needs the image column, which the model does not take
+    "dataloader_num_workers": default_num_workers(),  # decode and augment beside the training step
+}
+
+
+def main(
+    model_args: ModelArguments,
+    data_args: ImageDataArguments,
+    ft_args: FineTuneArguments,
+    training_args: TrainingArguments,
+) -> dict[str, float]:
+    # -- start: logging, output directory, Hub settings, seed
+    run = start_run(training_args, ft_args)
+
+    # -- data: image references (paths, or undecoded bytes) and labels; pixels are decoded later, in the workers
+    raw = load_image_data(data_args, model_args.cache_dir)
+    raw, labels = prepare_splits(
+        raw, data_args, [data_args.image_column, data_args.id_column], training_args.seed, data_args.problem_type,
+        data_args.label_separator,
+    )
+    skipped: list[str] = []
+    if data_args.check_images:
+        raw, skipped = scan_images(raw, data_args.image_column, skip_corrupt=data_args.skip_corrupt_images)
+        if skipped:
+            more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            logger.warning("skipped %d unreadable image(s): %s%s", len(skipped), ", ".join(skipped[:10]), more)
+
+    # -- model and image processor
+    processor = load_image_processor(model_args)
+    if data_args.image_size is not None:
+        processor = resize_processor(processor, data_args.image_size)  # saved with the model: inference matches
+    config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type)
+    model = load_model(AutoModelForImageClassification, model_args, config)
+
+    # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
+    model, anatomy = prepare_model(model, ft_args)
+
+    # -- transforms: random for training, resize + centre crop for evaluation, run per batch in the workers
+    transforms = {
+        train: build_transforms(processor, data_args.augmentation, train=train, **data_args.knobs)
+        for train in (True, False)
+    }
+    data = {
+        split: raw[split].with_transform(ImageTransform(transforms[split == "train"], data_args.image_column))
+        for split in raw
+    }
+
+    # -- trainer
+    metric, greater = default_metric(labels.problem_type)
+    set_best_metric(training_args, metric, greater)
+    class_weights = class_weights_from_labels(
+        ft_args.class_weights, raw["train"]["labels"], labels.num_labels, multi_label=labels.problem_type == MULTI,
+    ) if labels.problem_type in (SINGLE, MULTI) else None
+    mix = MixupCutmix(labels.num_labels, data_args.mixup_alpha, data_args.cutmix_alpha, data_args.mixup_prob) \
+        if data_args.mixing else None
+    trainer = FtTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=processor,
+        data_collator=image_collate,
+        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names),
+        ft_args=ft_args,
+        anatomy=anatomy,
+        class_weights=class_weights,
+        train_batch_transform=mix,
+    )
+
+    # -- train, evaluate (one pass over validation gives the metrics and the confusion matrix)
+    metrics = train(trainer, run.resume_from)
+    if data_args.skip_corrupt_images:
+        trainer.save_metrics("data", {"skipped_images": len(skipped)})
+        metrics["skipped_images"] = len(skipped)
+    logits, eval_metrics = predict(trainer, data["validation"], "eval")
+    metrics.update(eval_metrics)
+    if labels.problem_type == SINGLE and trainer.is_world_process_zero():
+        write_confusion_matrix(Path(training_args.output_dir) / "confusion_matrix.json",
+                               decode_logits(logits, SINGLE)[0], raw["validation"]["labels"], labels.names)
+
+    # -- predict
+    if "test" in data:
+        ids = raw["test"][data_args.id_column] if data_args.id_column else image_ids(raw["test"], data_args.image_column)
+        metrics.update(predict_test(trainer, data["test"], ids, labels))
+
+    # -- save, card, manifest, push
+    save_model(trainer, ft_args)
+    publish(
+        trainer, ft_args, run.hub, metrics, base_model=public_name(model_args.model_name_or_path),
+        task="image-classification", dataset=data_args.dataset_name or data_args.image_folder or data_args.train_file,
+        label_names=labels.names,
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    main(*parse_args((ModelArguments, ImageDataArguments, FineTuneArguments, TrainingArguments), defaults=RECIPE_DEFAULTS))

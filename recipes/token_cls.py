@@ -1,0 +1,185 @@
+"""Token classification (named entities): fine-tune a Transformers encoder to tag every word.
+
+    accelerate launch recipes/token_cls.py --config recipes/configs/token_cls/demo.yaml [--learning_rate 5e-5 ...]
+    python recipes/token_cls.py --config recipes/configs/token_cls/conll2003_minilm.yaml
+
+Supports: CoNLL files (`token<TAB or spaces>tag` a line, a blank line between sentences, -DOCSTART- skipped,
+LF or CRLF; with more columns the tag is the last one), JSON lines with word and tag lists, or a Hub dataset
+with word and tag columns (integer tags with ClassLabel names or --tag_names, or strings). IOB1, BIO, BIOES
+and IO tags are learnt as given and checked before anything loads (an I-X after O is an error naming the
+line). Labels sit on each word's first sub-token, or on all of them (--label_all_subtokens); a sentence longer
+than --max_seq_length becomes windows overlapping by --stride tokens, and each word is predicted once, in the
+window where it has the most context. Metrics are word-level: seqeval entity precision / recall / F1, overall
+and per type, and token accuracy. Every ftlib strategy flag and every standard TrainingArguments flag work.
+Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, validation_predictions.conll
+and test_predictions.conll (`token<TAB>gold<TAB>predicted`, a blank line between sentences), a model card and
+a SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric.
+Does not support: slow (non-fast) tokenizers, test files without tags, document context across sentences,
+nested entities, CRF heads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict
+from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, TrainingArguments
+
+from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
+from ftlib.checkpoints import public_name
+from ftlib.cli import parse_args
+from ftlib.data.files import limit_samples, load_data, source_name
+from ftlib.data.text import effective_max_length
+from ftlib.data.token import (
+    IGNORE_INDEX,
+    check_tags,
+    detect_scheme,
+    from_hub_columns,
+    label_list,
+    load_token_data,
+    token_cls_metrics,
+    tokenize_dataset,
+    words_predictions,
+    write_conll_predictions,
+)
+from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
+from ftlib.run import TRAINING_DEFAULTS, predict, publish, save_model, set_best_metric, start_run, train
+from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
+
+# Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
+RECIPE_DEFAULTS = {
+    **TRAINING_DEFAULTS,
+    "train_sampling_strategy": "group_by_length",  # batches of similar length pad less
+}
+
+
+def load_sentences(data_args: TokenDataArguments, cache_dir: str | None = None) -> DatasetDict:
+    """Every split as ``id`` / ``tokens`` / ``tags`` (string tags), from local files or a Hub dataset."""
+    if data_args.train_file:
+        return load_token_data(
+            data_args.train_file, data_args.validation_file, data_args.test_file,
+            data_args.tokens_column, data_args.tags_column, data_args.tag_names,
+        )
+    hub = load_data(data_args, cache_dir)
+    return from_hub_columns(hub, data_args.tokens_column, data_args.tags_column, data_args.tag_names)
+
+
+class WordMetrics:
+    """Trainer ``compute_metrics`` on words. The Trainer hands over window-level predictions (argmax ids, in
+    dataset order) of the split being evaluated, ``self.split``; each word is read once, from the window that
+    labels it, so the entity scores are those of the original sentences."""
+
+    def __init__(self, sentences: DatasetDict, windows: dict[str, Dataset], id2label: dict[int, str], scheme: str):
+        self.sentences, self.windows, self.id2label, self.scheme = sentences, windows, id2label, scheme
+        self.split = "validation"
+
+    def tags(self, pred_ids, split: str) -> list[list[str]]:
+        return words_predictions(pred_ids, self.windows[split], len(self.sentences[split]), self.id2label)
+
+    def __call__(self, eval_pred) -> dict[str, float]:
+        predicted = self.tags(eval_pred.predictions, self.split)
+        return token_cls_metrics(self.sentences[self.split]["tags"], predicted, self.scheme)
+
+
+def argmax_logits(logits, labels):
+    """Keep only the predicted ids on the way out of each evaluation step (not [windows, tokens, labels] floats)."""
+    return (logits[0] if isinstance(logits, tuple) else logits).argmax(dim=-1)
+
+
+def main(
+    model_args: ModelArguments,
+    data_args: TokenDataArguments,
+    ft_args: FineTuneArguments,
+    training_args: TrainingArguments,
+) -> dict[str, float]:
+    # -- start: logging, output directory, Hub settings, seed
+    run = start_run(training_args, ft_args)
+
+    # -- data: words and string tags per sentence
+    raw = load_sentences(data_args, model_args.cache_dir)
+    sources = {split: source_name(data_args, split) for split in raw}
+
+    # -- labels: the scheme, every split checked against it, tags from train (an unseen one is an error)
+    scheme = data_args.tag_scheme or detect_scheme(raw["train"]["tags"])
+    for split in raw:
+        check_tags(raw[split], scheme, sources[split])
+    names = label_list(raw, sources)
+    id2label = dict(enumerate(names))
+    label2id = {name: i for i, name in id2label.items()}
+    if "validation" not in raw:
+        held = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=training_args.seed)
+        raw["train"], raw["validation"] = held["train"], held["test"]
+    raw = limit_samples(raw, data_args)
+
+    # -- model and tokenizer
+    tokenizer = load_tokenizer(model_args)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{model_args.model_name_or_path}: token classification needs a fast tokenizer (word ids)")
+    config = load_config_for_labels(model_args, len(names), id2label, "single_label_classification")
+    model = load_model(AutoModelForTokenClassification, model_args, config)
+
+    # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
+    model, anatomy = prepare_model(model, ft_args, task_type="TOKEN_CLS")
+
+    # -- tokenize: windows of at most max_length tokens, labels on sub-tokens; the model sees only its inputs
+    max_length = effective_max_length(tokenizer, config, data_args.max_seq_length)
+    with training_args.main_process_first(desc="tokenizing"):
+        windows = {
+            split: tokenize_dataset(raw[split], tokenizer, label2id, max_length, data_args.label_all_subtokens,
+                                    data_args.stride)
+            for split in raw
+        }
+    inputs = {
+        split: w.select_columns([c for c in tokenizer.model_input_names if c in w.column_names] + ["labels"])
+        for split, w in windows.items()
+    }
+
+    # -- trainer
+    set_best_metric(training_args, "f1", True)
+    word_metrics = WordMetrics(raw, windows, id2label, scheme)
+    class_weights = class_weights_from_labels(
+        ft_args.class_weights, [i for row in windows["train"]["labels"] for i in row if i != IGNORE_INDEX], len(names)
+    )
+    trainer = FtTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=inputs["train"],
+        eval_dataset=inputs["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorForTokenClassification(
+            tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None
+        ),
+        compute_metrics=word_metrics,
+        preprocess_logits_for_metrics=argmax_logits,
+        ft_args=ft_args,
+        anatomy=anatomy,
+        class_weights=class_weights,
+    )
+
+    # -- train
+    metrics = train(trainer, run.resume_from)
+
+    # -- evaluate and predict: word-level metrics, predictions written back as CoNLL
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        if split not in raw:
+            continue
+        word_metrics.split = split
+        pred_ids, split_metrics = predict(trainer, inputs[split], prefix)
+        metrics.update(split_metrics)
+        if trainer.is_world_process_zero():
+            write_conll_predictions(
+                Path(training_args.output_dir) / f"{split}_predictions.conll", raw[split], word_metrics.tags(pred_ids, split)
+            )
+    word_metrics.split = "validation"
+
+    # -- save, card, manifest, push
+    save_model(trainer, ft_args)
+    publish(
+        trainer, ft_args, run.hub, metrics, base_model=public_name(model_args.model_name_or_path),
+        task="token-classification", dataset=data_args.dataset_name or data_args.train_file, label_names=names,
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    main(*parse_args((ModelArguments, TokenDataArguments, FineTuneArguments, TrainingArguments), defaults=RECIPE_DEFAULTS))
