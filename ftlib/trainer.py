@@ -136,6 +136,11 @@ class FtTrainer(Trainer):
         cls, kwargs = resolve_optimizer(self.args, ft.torch_optimizer, ft.optimizer_kwargs)
         self.optimizer = create_optimizer(groups, cls, kwargs)
         if self._gradual is not None:
+            # With --restore_callback_states_from_checkpoint, resuming replaces the callback by a new instance
+            # (before this runs): follow it, so that ``_gradual`` is the one that sees the steps.
+            self._gradual = next(
+                cb for cb in self.callback_handler.callbacks if isinstance(cb, GradualUnfreezeCallback)
+            )
             # Freeze the later stages now, before the model is wrapped: DDP registers what requires grad.
             self._gradual.apply(opt_model, self._gradual.stage_at(self.state.global_step, self.state.epoch))
         self._wrapped_trainable = {id(p) for p in opt_model.parameters() if p.requires_grad}

@@ -297,3 +297,40 @@ def test_quality_gate_refuses_to_push(tiny_bert_dir, tmp_path, monkeypatch):
                       "--hub_model_id", "me/x", "--push_min_metric", "1.01"))
     assert FakeHfApi.calls == []
     assert (tmp_path / "out" / "model.safetensors").is_file()  # the result is kept locally
+
+
+@pytest.mark.slow
+def test_hub_style_dataset_directory_and_sample_limits(tiny_bert_dir, tmp_path):
+    """--dataset_name goes through datasets.load_dataset (a local dataset directory here, offline); the
+    validation split is found by name and --max_*_samples cut each split."""
+    data = tmp_path / "my_dataset"
+    data.mkdir()
+    write_csv(data / "train.csv", sentiment_rows(3))
+    write_csv(data / "validation.csv", sentiment_rows(1))
+    out = tmp_path / "out"
+    metrics = run(["--model_name_or_path", str(tiny_bert_dir), "--dataset_name", str(data), "--output_dir", str(out),
+                   "--use_cpu", "true", "--num_train_epochs", "1", "--save_strategy", "no", "--max_train_samples", "20",
+                   "--max_eval_samples", "6", "--disable_tqdm", "true"])
+    assert metrics["train_samples"] == 20 and metrics["eval_samples"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("save", ["adapter", "merged"])
+def test_lora_run_saves_adapter_or_merged_model(tiny_bert_dir, tmp_path, save):
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(2))
+    out = tmp_path / save
+    run(base_argv(tiny_bert_dir, train, out, "--num_train_epochs", "1", "--lora", "true", "--lora_r", "4",
+                  "--lora_save", save))
+    card = (out / "README.md").read_text()
+    if save == "adapter":
+        assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+        assert 'library_name: "peft"' in card
+        adapter = json.loads((out / "adapter_config.json").read_text())
+        assert sorted(adapter["target_modules"]) == ["query", "value"] and "classifier" in adapter["modules_to_save"]
+    else:
+        assert (out / "model.safetensors").is_file() and not (out / "adapter_model.safetensors").exists()
+        assert 'library_name: "transformers"' in card
+        from safetensors.torch import load_file
+
+        assert not any("lora" in key for key in load_file(out / "model.safetensors"))
+    assert "| lora | True |" in card and "| lora_r | 4 |" in card
