@@ -8,42 +8,28 @@
     trainer.train()                                           # parameter groups built from the anatomy
 """
 
-from ftlib.anatomy import Anatomy, AnatomyError, find_anatomy
-from ftlib.args import DataArguments, FineTuneArguments, ModelArguments, TextDataArguments
-from ftlib.cli import ConfigError, parse_args
-from ftlib.freezing import apply_freezing, count_parameters, freeze_patterns, layers_to_freeze, set_trainable
-from ftlib.lora import apply_lora, default_target_modules, save_lora
-from ftlib.optim import build_param_groups, format_group_table, layer_learning_rates, resolve_optimizer
-from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
-from ftlib.unfreeze import GradualUnfreezeCallback, unfreeze_stages
+import importlib
+
+# Imported on first use, so that light commands (ftlib-verify) do not pay for torch and transformers.
+_EXPORTS = {
+    "ftlib.anatomy": ["Anatomy", "AnatomyError", "find_anatomy"],
+    "ftlib.args": ["DataArguments", "FineTuneArguments", "ModelArguments", "TextDataArguments"],
+    "ftlib.cli": ["ConfigError", "parse_args"],
+    "ftlib.freezing": ["apply_freezing", "count_parameters", "freeze_patterns", "layers_to_freeze", "set_trainable"],
+    "ftlib.lora": ["apply_lora", "default_target_modules", "save_lora"],
+    "ftlib.optim": ["build_param_groups", "format_group_table", "layer_learning_rates", "resolve_optimizer"],
+    "ftlib.trainer": ["FtTrainer", "class_weights_from_labels", "prepare_model"],
+    "ftlib.unfreeze": ["GradualUnfreezeCallback", "unfreeze_stages"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'ftlib' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Anatomy",
-    "AnatomyError",
-    "ConfigError",
-    "DataArguments",
-    "FineTuneArguments",
-    "FtTrainer",
-    "GradualUnfreezeCallback",
-    "ModelArguments",
-    "TextDataArguments",
-    "apply_freezing",
-    "apply_lora",
-    "build_param_groups",
-    "class_weights_from_labels",
-    "count_parameters",
-    "default_target_modules",
-    "find_anatomy",
-    "format_group_table",
-    "freeze_patterns",
-    "layer_learning_rates",
-    "layers_to_freeze",
-    "parse_args",
-    "prepare_model",
-    "resolve_optimizer",
-    "save_lora",
-    "set_trainable",
-    "unfreeze_stages",
-]
+__all__ = sorted(_WHERE)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 
 
 class ConfigError(ValueError):
@@ -47,13 +47,14 @@ def _as_tokens(key: str, value: Any, action: argparse.Action, source: Path) -> l
     if value is None:
         return []
     takes_list = action.nargs in ("+", "*")
+    # "--key=value": argparse would read a separate "-1e-05" (a YAML float) as an option and fail
     if isinstance(value, dict):
-        return [f"--{key}", json.dumps(value)]
+        return [f"--{key}={json.dumps(value)}"]
     if isinstance(value, (list, tuple)):
         if not takes_list:
             raise ConfigError(f"{source}: key '{key}' takes a single value, got a list {value!r}")
         return [f"--{key}", *(_scalar(v) for v in value)]
-    return [f"--{key}", _scalar(value)]
+    return [f"--{key}={_scalar(value)}"]
 
 
 def _scalar(value: Any) -> str:
@@ -108,7 +109,7 @@ def parse_args(
     if config_path is not None:
         tokens = config_to_argv(load_config(config_path), parser, Path(config_path))
     try:
-        return tuple(parser.parse_args_into_dataclasses(args=tokens + argv))
+        parsed = tuple(parser.parse_args_into_dataclasses(args=tokens + argv))
     except ConfigError as err:
         where = f" (from {config_path} or the command line)" if config_path else ""
         raise ConfigError(f"{err}{where}") from None
@@ -116,3 +117,19 @@ def parse_args(
         if "Some specified arguments are not used" in str(err):
             raise ConfigError(str(err)) from None
         raise
+    for instance in parsed:
+        if isinstance(instance, TrainingArguments):
+            check_training_args(instance)
+    return parsed
+
+
+def check_training_args(training_args: TrainingArguments) -> None:
+    """Values ``TrainingArguments`` accepts (transformers 5 does not check them) but no run can use: a batch
+    size of 0 or -1 fails only when the data loader is built, after the model and data are loaded, and a
+    negative learning rate trains backwards."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(training_args, name)
+        if value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
+    if training_args.learning_rate < 0:
+        raise ConfigError(f"--learning_rate must be >= 0, got {training_args.learning_rate}")

@@ -3,13 +3,13 @@ when it cannot be written."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-
-from transformers.trainer_utils import get_last_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,9 @@ def prepare_output_dir(
             "for its checkpoints"
         )
     if resume_from_checkpoint is True:
-        last = get_last_checkpoint(str(path))
+        last = last_complete_checkpoint(path)
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint: no checkpoint-* folder in {path}")
+            raise ValueError(f"--resume_from_checkpoint: no complete checkpoint-* folder in {path}")
         return last
     if resume_from_checkpoint:
         if not Path(resume_from_checkpoint).is_dir():
@@ -65,10 +65,32 @@ def prepare_output_dir(
         return str(resume_from_checkpoint)
     if overwrite:
         return None
-    last = get_last_checkpoint(str(path)) if path.is_dir() else None
+    last = last_complete_checkpoint(path)
     if last is not None:
         logger.warning("resuming from %s (pass --overwrite_output_dir to start over)", last)
     return last
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The ``checkpoint-<step>`` folder with the highest step whose ``trainer_state.json`` is readable.
+
+    Trainer writes a checkpoint in place, its ``trainer_state.json`` last, so a run killed while saving
+    leaves a folder with weights but no (or a truncated) state: resuming from it would fail or restart
+    the data order. Such a folder is skipped with a warning, and overwritten when training passes it again.
+    """
+    steps = []
+    for child in Path(output_dir).iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", child.name)
+        if match and child.is_dir():
+            steps.append((int(match.group(1)), child))
+    for _, child in sorted(steps, reverse=True):
+        try:
+            json.loads((child / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("skipping %s: no complete trainer_state.json (a save was interrupted)", child)
+            continue
+        return str(child)
+    return None
 
 
 def checkpoint_bytes(model, save_total_limit: int | None) -> int:

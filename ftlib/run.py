@@ -43,9 +43,9 @@ class RunStart:
 def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments) -> RunStart:
     """Logging on the main process, every check that needs no model or data, and the seed."""
     level = training_args.get_process_log_level()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, level=level)
-    for lib_logger in (logger, logging.getLogger("ftlib.trainer")):
-        lib_logger.setLevel(level)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    # ftlib's own messages (trainable parameters, resume, unfreezing stages) show on the main process
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     check_strategy_args(training_args, ft_args)

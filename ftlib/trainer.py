@@ -19,6 +19,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import has_length
 
 from ftlib.anatomy import Anatomy, find_anatomy
@@ -86,6 +87,30 @@ def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArgum
         logger.warning("--push_min_metric is set but --push_to_hub is not: nothing will be pushed")
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Trainer's length-grouped sampler, shuffled by a generator seeded with ``seed + epoch``.
+
+    Trainer builds it without a generator, so each epoch's shuffle comes from the global torch RNG, whose
+    state depends on everything drawn before (dropout): a run resumed in epoch k > 0 then reshuffles the
+    way epoch 0 did, and DDP ranks whose dropout drew different amounts disagree on the order. Seeding per
+    epoch (as accelerate's ``SeedableRandomSampler`` does for random sampling) makes the order a function
+    of the epoch alone.
+    """
+
+    def __init__(self, *args, seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from super().__iter__()
+        self.epoch += 1  # the next pass reshuffles even where nobody calls set_epoch
+
+
 class FtTrainer(Trainer):
     """``Trainer`` with ftlib's optimizer groups, loss and safety checks. Extra keyword arguments:
     ``ft_args`` (:class:`FineTuneArguments`), ``anatomy``, ``class_weights`` (a tensor or None) and
@@ -101,6 +126,11 @@ class FtTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        # Trainer passes ``num_items_in_batch`` to models whose forward takes **kwargs, and then does not
+        # divide the loss by the accumulation steps; BERT-family heads ignore it (they return a batch mean),
+        # and so does the class-weighted loss below: with --gradient_accumulation_steps N the gradients came
+        # out N times too large. Per-batch means, divided by N by Trainer, are right for every model here.
+        self.model_accepts_loss_kwargs = False
         self.ft_args = ft_args
         self.train_batch_transform = train_batch_transform
         self.anatomy = anatomy or find_anatomy(self.model, ft_args.blocks_pattern)
@@ -149,7 +179,14 @@ class FtTrainer(Trainer):
             print(f"Optimizer {type(self.optimizer).__name__}, parameter groups:\n{self.group_table}", flush=True)
         return self.optimizer
 
-    # -- evaluation order ------------------------------------------------------------------------------
+    # -- sampling order ------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:  # exact resume and equal DDP shards: see the class
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, seed=seed)
+        return sampler
+
     def _get_eval_sampler(self, eval_dataset):
         """Evaluate in dataset order. Trainer groups evaluation batches by length too when
         ``train_sampling_strategy`` is ``group_by_length``, which permutes the predictions; recipes pair

@@ -21,21 +21,20 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
 from ftlib.checkpoints import public_name
 from ftlib.cli import parse_args
-from ftlib.data.files import limit_samples, load_data, require_columns, source_name
-from ftlib.data.labels import encode_labels, ensure_validation, infer_labels
+from ftlib.data.files import load_data
+from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
-from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric
+from ftlib.metrics import compute_metrics_fn, default_metric
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.run import (
     TRAINING_DEFAULTS,
     evaluate,
-    predict,
+    predict_test,
     publish,
     save_model,
     set_best_metric,
     start_run,
     train,
-    write_predictions,
 )
 from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
 
@@ -57,22 +56,10 @@ def main(
 
     # -- data
     raw = load_data(data_args, model_args.cache_dir)
-    for split in raw:
-        needed = [data_args.text_column, data_args.text_pair_column]
-        if split != "test" or data_args.label_column in raw[split].column_names:
-            needed.append(data_args.label_column)
-        require_columns(raw[split], needed + [data_args.id_column], source_name(data_args, split))
-    labels = infer_labels(
-        raw["train"], data_args.label_column, source_name(data_args, "train"), data_args.problem_type,
-        data_args.label_separator,
+    raw, labels = prepare_splits(
+        raw, data_args, [data_args.text_column, data_args.text_pair_column, data_args.id_column], training_args.seed,
+        data_args.problem_type, data_args.label_separator,
     )
-    raw = ensure_validation(raw, data_args.label_column, data_args.validation_split_percentage, training_args.seed,
-                            stratify=labels.problem_type != "regression")
-    raw = limit_samples(raw, data_args)
-    for split in raw:
-        if data_args.label_column in raw[split].column_names:
-            raw[split] = encode_labels(raw[split], data_args.label_column, labels, source_name(data_args, split),
-                                       data_args.label_separator)
 
     # -- model and tokenizer
     tokenizer = load_tokenizer(model_args)
@@ -119,13 +106,8 @@ def main(
 
     # -- predict
     if "test" in encoded:
-        logits, test_metrics = predict(trainer, encoded["test"], "test")
-        metrics.update(test_metrics)
-        preds, scores = decode_logits(logits, labels.problem_type)
         ids = raw["test"][data_args.id_column] if data_args.id_column else np.arange(len(raw["test"]))
-        if trainer.is_world_process_zero():
-            write_predictions(f"{training_args.output_dir}/test_predictions.csv", ids, labels.names, preds, scores,
-                              labels.problem_type)
+        metrics.update(predict_test(trainer, encoded["test"], ids, labels))
 
     # -- save, card, manifest, push
     save_model(trainer, ft_args)

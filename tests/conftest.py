@@ -58,7 +58,8 @@ def core_examples(n: int = 16, length: int = 8, seed: int = 0, labels: list[int]
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, CORE_BERT["vocab_size"], (n, length), generator=g)
     ys = (ids[:, 0] >= CORE_BERT["vocab_size"] // 2).long() if labels is None else torch.tensor(labels)
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(length, dtype=torch.long), "labels": ys[i]} for i in range(n)]
+    mask = torch.ones(length, dtype=torch.long)
+    return [{"input_ids": ids[i], "attention_mask": mask, "labels": ys[i]} for i in range(n)]
 
 
 @pytest.fixture
@@ -68,30 +69,207 @@ def core_data():
 
 @pytest.fixture
 def make_core_trainer(core_bert_dir, tmp_path):
-    """``make(ft_args=None, callbacks=(), train=None, eval=None, class_weights=None, **training_args)`` ->
-    an FtTrainer on a fresh copy of the tiny BERT, prepared (LoRA / freezing) by ``prepare_model``."""
+    """``make(ft_args, callbacks, train, eval, class_weights, task_type, config, **training_args)`` -> an
+    FtTrainer on a fresh copy of the tiny BERT (``config``: overrides such as dropout), prepared by
+    ``prepare_model``."""
     import torch
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 
     from ftlib.args import FineTuneArguments
     from ftlib.trainer import FtTrainer, prepare_model
 
-    # One thread: a tiny model gains nothing from more, and on a shared machine spinning threads cost seconds.
+    # One thread: a tiny model gains nothing from more, and on a busy machine spinning threads cost seconds.
     torch.set_num_threads(1)
 
-    def make(ft_args=None, callbacks=(), train=None, eval=None, class_weights=None, **overrides):
+    def make(ft_args=None, callbacks=(), train=None, eval=None, class_weights=None, task_type=None, config=None,
+             **overrides):
         ft_args = ft_args or FineTuneArguments()
-        model = AutoModelForSequenceClassification.from_pretrained(core_bert_dir)
-        model, anatomy = prepare_model(model, ft_args)
-        settings = dict(
-            output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, per_device_train_batch_size=4,
-            per_device_eval_batch_size=8, max_steps=3, learning_rate=1e-2, save_strategy="no", logging_strategy="no",
-            disable_tqdm=True, seed=0, lr_scheduler_type="constant",
-        )
+        model = AutoModelForSequenceClassification.from_pretrained(core_bert_dir, **(config or {}))
+        model, anatomy = prepare_model(model, ft_args, task_type=task_type)
+        settings = {
+            "output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "seed": 0,
+            "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "max_steps": 3,
+            "learning_rate": 1e-2, "lr_scheduler_type": "constant", "save_strategy": "no",
+            "logging_strategy": "no", "disable_tqdm": True,
+        }
         settings.update(overrides)
         return FtTrainer(
             model=model, args=TrainingArguments(**settings), train_dataset=train or core_examples(),
-            eval_dataset=eval, ft_args=ft_args, anatomy=anatomy, class_weights=class_weights, callbacks=list(callbacks),
+            eval_dataset=eval, ft_args=ft_args, anatomy=anatomy, class_weights=class_weights,
+            callbacks=list(callbacks),
         )
 
     return make
+
+
+# --- recipe subprocesses with test hooks (resume, multi-process): kill at a chosen point, record batch order ---
+
+RECIPE_HOOKS = '''"""Test hooks for recipe subprocesses, active when this folder is on PYTHONPATH and FTTEST_DIR is set.
+
+Appends a fingerprint of every training micro-batch to FTTEST_DIR/batches.rank<R>.jsonl (a hash of each
+row's unpadded token ids) and, with FTTEST_PAUSE, stops at a chosen point, writing FTTEST_DIR/paused.rank<R>,
+so that a test can SIGKILL the process there:
+  step:N[:M]  before micro-batch M (default 0) of optimizer step N
+  midsave:N   while checkpoint-N is half written (weights and optimizer saved, RNG and trainer state not yet)
+"""
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+
+def _pause(trainer, where):
+    import time
+
+    with open(os.path.join(os.environ["FTTEST_DIR"], f"paused.rank{trainer.args.process_index}"), "w") as handle:
+        handle.write(where)
+    while True:  # until the test's SIGKILL
+        time.sleep(1)
+
+
+def _patch(module):
+    import hashlib
+    import json
+
+    cls = module.FtTrainer
+    kind, _, spec = os.environ.get("FTTEST_PAUSE", "").partition(":")
+    at = ([int(x) for x in spec.split(":")] + [0])[:2] if spec else None
+    training_step, save_rng_state = cls.training_step, cls._save_rng_state
+
+    def hooked_training_step(self, model, inputs, num_items_in_batch=None):
+        step = self.state.global_step + 1
+        micro = self._fttest_micro + 1 if getattr(self, "_fttest_step", None) == step else 0
+        self._fttest_step, self._fttest_micro = step, micro
+        if kind == "step" and [step, micro] == at:
+            _pause(self, f"before step {step}, micro-batch {micro}")
+        rows = [
+            hashlib.sha1(json.dumps([t for t, m in zip(ids, mask) if m]).encode()).hexdigest()[:12]
+            for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())
+        ]
+        record = {"step": step, "micro": micro, "rows": rows, "world": self.args.world_size}
+        path = os.path.join(os.environ["FTTEST_DIR"], f"batches.rank{self.args.process_index}.jsonl")
+        with open(path, "a") as handle:
+            handle.write(json.dumps(record) + "\\n")
+        return training_step(self, model, inputs, num_items_in_batch)
+
+    def hooked_save_rng_state(self, output_dir):
+        if kind == "midsave" and self.state.global_step == at[0]:
+            _pause(self, f"inside checkpoint-{at[0]}")
+        return save_rng_state(self, output_dir)
+
+    cls.training_step = hooked_training_step
+    cls._save_rng_state = hooked_save_rng_state
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches ftlib.trainer right after it is imported (importing it here would slow every python start)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "ftlib.trainer":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if os.environ.get("FTTEST_DIR"):
+    sys.meta_path.insert(0, _PatchOnImport())
+'''
+
+
+@pytest.fixture(scope="session")
+def recipe_hooks_dir(tmp_path_factory) -> Path:
+    """A folder with a ``sitecustomize.py`` that instruments recipe subprocesses (see ``RECIPE_HOOKS``)."""
+    path = tmp_path_factory.mktemp("recipe-hooks")
+    (path / "sitecustomize.py").write_text(RECIPE_HOOKS)
+    return path
+
+
+class RecipeProcess:
+    """Runs a command (a recipe, or ``accelerate launch`` of one) with the hooks, in its own process group.
+
+    ``record_dir`` receives the batch fingerprints, the pause marker and ``log.txt`` (stdout + stderr).
+    """
+
+    def __init__(self, hooks_dir: Path, command: list[str], record_dir: Path, pause: str | None = None,
+                 env: dict[str, str] | None = None):
+        import subprocess
+
+        self.record_dir = Path(record_dir)
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        full_env = dict(os.environ, OMP_NUM_THREADS="1", FTTEST_DIR=str(self.record_dir), **(env or {}))
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hooks_dir), os.environ.get("PYTHONPATH")]))
+        full_env.pop("FTTEST_PAUSE", None)
+        if pause:
+            full_env["FTTEST_PAUSE"] = pause
+        self.log_path = self.record_dir / "log.txt"
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _kill(self) -> None:
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: accelerate's workers too
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def wait(self, timeout: float = 300) -> str:
+        """Wait for a clean exit; returns the log."""
+        import subprocess
+
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            pytest.fail(f"timed out after {timeout}s:\n{self.log()[-3000:]}")
+        assert code == 0, f"exit code {code}:\n{self.log()[-4000:]}"
+        return self.log()
+
+    def kill_when_paused(self, timeout: float = 300) -> str:
+        """Wait until a rank reached the pause point, SIGKILL every process; returns where it paused."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not (markers := sorted(self.record_dir.glob("paused.rank*"))):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._kill()
+                pytest.fail(f"never reached the pause point (exit {self.proc.returncode}):\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+        self._kill()
+        return markers[0].read_text()
+
+    def batches(self, rank: int = 0) -> list[dict]:
+        """The recorded micro-batches of one rank: ``{"step", "micro", "rows", "world"}``."""
+        import json
+
+        path = self.record_dir / f"batches.rank{rank}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.fixture
+def recipe_process(recipe_hooks_dir):
+    """``start(command, record_dir, pause=None, env=None) -> RecipeProcess``; processes left running are killed."""
+    started: list[RecipeProcess] = []
+
+    def start(command, record_dir, pause=None, env=None) -> RecipeProcess:
+        started.append(RecipeProcess(recipe_hooks_dir, list(map(str, command)), record_dir, pause, env))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process._kill()

@@ -34,13 +34,19 @@ def names_matching(model_names, *patterns: str) -> set[str]:
 
 
 CASES = {
-    "freeze_embeddings": (dict(freeze_embeddings=True), [EMB]),
-    "freeze_lower_blocks=2": (dict(freeze_lower_blocks=2), [EMB, BLOCK.format(0), BLOCK.format(1)]),
-    "train_top_blocks=1": (dict(train_top_blocks=1), [EMB, BLOCK.format(0), BLOCK.format(1)]),
-    "train_top_blocks=0": (dict(train_top_blocks=0), [EMB, r"bert\."]),
-    "freeze_patterns": (dict(freeze_patterns=[r"attention\.self\.query", r"LayerNorm"]), [r".*query", r".*LayerNorm"]),
-    "head_only": (dict(head_only=True), [r"bert\."]),
-    "embeddings+patterns": (dict(freeze_embeddings=True, freeze_patterns=[r"layer\.2\.output"]), [EMB, r".*layer\.2\.output"]),
+    "freeze_embeddings": ({"freeze_embeddings": True}, [EMB]),
+    "freeze_lower_blocks=2": ({"freeze_lower_blocks": 2}, [EMB, BLOCK.format(0), BLOCK.format(1)]),
+    "train_top_blocks=1": ({"train_top_blocks": 1}, [EMB, BLOCK.format(0), BLOCK.format(1)]),
+    "train_top_blocks=0": ({"train_top_blocks": 0}, [EMB, r"bert\."]),
+    "freeze_patterns": (
+        {"freeze_patterns": [r"attention\.self\.query", r"LayerNorm"]},
+        [r".*query", r".*LayerNorm"],
+    ),
+    "head_only": ({"head_only": True}, [r"bert\."]),
+    "embeddings+patterns": (
+        {"freeze_embeddings": True, "freeze_patterns": [r"layer\.2\.output"]},
+        [EMB, r".*layer\.2\.output"],
+    ),
 }
 
 
@@ -88,11 +94,11 @@ def test_layers_to_freeze_ids(core_bert_dir):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(freeze_lower_blocks=4), r"--freeze_lower_blocks=4 but the model has only 3 blocks"),
-        (dict(train_top_blocks=5), r"--train_top_blocks=5 but the model has only 3 blocks"),
-        (dict(freeze_patterns=["no_such_module"]), r"--freeze_patterns 'no_such_module' matches no parameter"),
-        (dict(freeze_patterns=["embeddings", "decoder"]), r"--freeze_patterns 'decoder' matches no parameter"),
-        (dict(head_only=True, freeze_patterns=["classifier"]), r"leave no trainable parameter"),
+        ({"freeze_lower_blocks": 4}, r"--freeze_lower_blocks=4 but the model has only 3 blocks"),
+        ({"train_top_blocks": 5}, r"--train_top_blocks=5 but the model has only 3 blocks"),
+        ({"freeze_patterns": ["no_such_module"]}, r"--freeze_patterns 'no_such_module' matches no parameter"),
+        ({"freeze_patterns": ["embeddings", "decoder"]}, r"--freeze_patterns 'decoder' matches no parameter"),
+        ({"head_only": True, "freeze_patterns": ["classifier"]}, r"leave no trainable parameter"),
     ],
 )
 def test_bad_freezing_fails_before_training(options, message, core_bert_dir):

@@ -22,7 +22,7 @@ EXPECTED = {
     "block 2": BASE,
     "head": HEAD,
 }
-FT = dict(layer_decay=DECAY, head_learning_rate=HEAD)
+FT = {"layer_decay": DECAY, "head_learning_rate": HEAD}
 
 
 class LrRecorder(TrainerCallback):
@@ -55,8 +55,12 @@ def cosine(step: int, warmup: int, total: int) -> float:
 def test_group_lrs_follow_the_schedule_and_keep_their_ratios(schedule, factor, make_core_trainer):
     recorder = LrRecorder()
     trainer = make_core_trainer(
-        FineTuneArguments(**FT), callbacks=[recorder], learning_rate=BASE, lr_scheduler_type=schedule,
-        warmup_steps=2, max_steps=6,
+        FineTuneArguments(**FT),
+        callbacks=[recorder],
+        learning_rate=BASE,
+        lr_scheduler_type=schedule,
+        warmup_steps=2,
+        max_steps=6,
     )
     trainer.train()
     assert len(recorder.steps) == 6
@@ -102,7 +106,9 @@ def table_rows(printed: str) -> dict[str, list[str]]:
 
 
 def test_group_table_printed_at_train_start(make_core_trainer, capsys):
-    trainer = make_core_trainer(FineTuneArguments(freeze_embeddings=True, **FT), learning_rate=BASE, max_steps=1)
+    trainer = make_core_trainer(
+        FineTuneArguments(freeze_embeddings=True, **FT), learning_rate=BASE, max_steps=1
+    )
     capsys.readouterr()
     trainer.train()
     printed = capsys.readouterr().out
@@ -115,7 +121,7 @@ def test_group_table_printed_at_train_start(make_core_trainer, capsys):
             assert layer not in rows
             continue
         for name in (layer, f"{layer} (no decay)"):
-            params, trainable, shown_lr, _ = rows[name]
+            _params, trainable, shown_lr, _ = rows[name]
             assert trainable == "yes"
             assert float(shown_lr) == pytest.approx(lr, rel=1e-3)
     assert trainer.group_table in printed
@@ -166,13 +172,18 @@ def test_torch_optimizer_keeps_groups_and_kwargs(name, make_core_trainer):
 def test_trainer_optim_values_keep_groups(optim, cls_name, extra, make_core_trainer):
     recorder = LrRecorder()
     trainer = make_core_trainer(
-        FineTuneArguments(**FT), callbacks=[recorder], optim=optim, learning_rate=BASE, adam_beta1=0.8, max_steps=2
+        FineTuneArguments(**FT),
+        callbacks=[recorder],
+        optim=optim,
+        learning_rate=BASE,
+        adam_beta1=0.8,
+        max_steps=2,
     )
     before = trainer.model.classifier.weight.detach().clone()
     trainer.train()
     assert recorder.optimizer_type.__name__ == cls_name
     for lrs in recorder.steps:
-        assert {n: lr for n, lr in lrs.items()} == pytest.approx({n: EXPECTED[layer_of(n)] for n in lrs})
+        assert lrs == pytest.approx({n: EXPECTED[layer_of(n)] for n in lrs})
     for group in trainer.optimizer.param_groups:
         for key, value in extra.items():
             assert group[key] == value

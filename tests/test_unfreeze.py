@@ -1,5 +1,6 @@
 """Gradual unfreezing (ULMFiT) on a tiny 3-block BERT: the trainable set changes at exactly the configured
-optimizer steps, frozen blocks stay bit-identical until then, and a resumed run equals an uninterrupted one."""
+optimizer steps, frozen blocks stay bit-identical until then, and a resumed run equals an uninterrupted
+one."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Recorder(TrainerCallback):
 def gradual_trainer(make_core_trainer, every=2, unit="step", **overrides):
     recorder = Recorder()
     ft = FineTuneArguments(gradual_unfreeze=every, gradual_unfreeze_unit=unit)
-    settings = dict(max_steps=8, learning_rate=1e-2) | overrides
+    settings = {"max_steps": 8, "learning_rate": 1e-2} | overrides
     trainer = make_core_trainer(ft, callbacks=[recorder], **settings)
     recorder.anatomy = trainer.anatomy
     return trainer, recorder
@@ -55,8 +56,12 @@ def test_stages_from_the_top(core_bert_dir):
     assert unfreeze_stages(anatomy, 3) == [[4], [3, 2, 1, 0]]
 
 
-@pytest.mark.parametrize("unit, every, extra", [("step", 2, {}), ("epoch", 1, {"max_steps": -1, "num_train_epochs": 4})])
-def test_trainable_set_changes_at_exactly_the_configured_steps(unit, every, extra, make_core_trainer, core_data):
+@pytest.mark.parametrize(
+    "unit, every, extra", [("step", 2, {}), ("epoch", 1, {"max_steps": -1, "num_train_epochs": 4})]
+)
+def test_trainable_set_changes_at_exactly_the_configured_steps(
+    unit, every, extra, make_core_trainer, core_data
+):
     # 8 examples, batch 4: 2 optimizer steps per epoch, so "every 1 epoch" and "every 2 steps" agree
     trainer, rec = gradual_trainer(make_core_trainer, every, unit, train=core_data(8), **extra)
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -100,7 +105,10 @@ def test_resume_between_unfreezing_steps_equals_uninterrupted(restore_callbacks,
     assert checkpoint.is_dir()
 
     resumed, rec = gradual_trainer(
-        make_core_trainer, save_strategy="steps", save_steps=3, output_dir=str(tmp_path / "resumed"),
+        make_core_trainer,
+        save_strategy="steps",
+        save_steps=3,
+        output_dir=str(tmp_path / "resumed"),
         restore_callback_states_from_checkpoint=restore_callbacks,
     )
     resumed.train(resume_from_checkpoint=str(checkpoint))

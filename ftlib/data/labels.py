@@ -37,6 +37,8 @@ class LabelInfo:
 def _as_list(value, separator: str | None) -> list:
     if isinstance(value, (list, tuple)):
         return list(value)
+    if value is None and separator:
+        return []  # an empty cell of separated labels (csv readers give None for ""): no label
     if separator and isinstance(value, str):
         return [v.strip() for v in value.split(separator) if v.strip()]
     return [value]
