@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--full", action="store_true", help="also train the recipe on the full training set")
     parser.add_argument("--only", nargs="*", default=None, help="run only these of: a b probe recipe")
+    parser.add_argument("--recipe_args", default="", help="extra flags for the recipe run (to try other strategies)")
     args = parser.parse_args()
     if not SST2.is_dir():
         sys.exit(f"needs {SST2} (../shared beside the project)")
@@ -128,7 +129,7 @@ def main() -> None:
             "b": lambda: plain_trainer(subset, dev_rows, model_path, pad_to_max=False, lr=5e-5, epochs=3, out=str(tmp / "b")),
             "probe": lambda: recipe(train_csv, dev_csv, str(tmp / "probe"), "--head_only", "true",
                                     "--head_learning_rate", "5e-3", "--num_train_epochs", "10"),
-            "recipe": lambda: recipe(train_csv, dev_csv, str(tmp / "recipe")),
+            "recipe": lambda: recipe(train_csv, dev_csv, str(tmp / "recipe"), *args.recipe_args.split()),
         }
         for name, run in runs.items():
             if args.only is None or name in args.only:

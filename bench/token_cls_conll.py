@@ -24,8 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import TrainingArguments  # noqa: E402
+import torch
+from transformers import TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -35,6 +35,7 @@ CONLL = ROOT.parent / "shared" / "data" / "conll2003"
 
 def run_recipe(out: str, extra: list[str]) -> dict[str, float]:
     import token_cls
+
     from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
     from ftlib.cli import parse_args
 

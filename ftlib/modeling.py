@@ -33,6 +33,10 @@ def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str]
         ours = list(id2label.values())
         if theirs != ours and not all(_DEFAULT_NAME.fullmatch(str(n)) for n in theirs):
             logger.warning("the checkpoint's head labels %s are renamed to the data's %s", theirs, ours)
+    for key, value in model_args.config_updates.items():
+        if not hasattr(config, key):  # a typo would otherwise become a new, unused attribute
+            raise ValueError(f"--config_overrides: {type(config).__name__} has no attribute '{key}'")
+        setattr(config, key, value)
     if id2label:
         config.id2label = dict(id2label)
         config.label2id = {v: k for k, v in id2label.items()}

@@ -23,7 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
-from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, TrainingArguments
+from transformers import (
+    AutoModelForTokenClassification,
+    DataCollatorForTokenClassification,
+    TrainingArguments,
+)
 
 from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
 from ftlib.checkpoints import public_name
@@ -170,7 +174,6 @@ def main(
             write_conll_predictions(
                 Path(training_args.output_dir) / f"{split}_predictions.conll", raw[split], word_metrics.tags(pred_ids, split)
             )
-    word_metrics.split = "validation"
 
     # -- save, card, manifest, push
     save_model(trainer, ft_args)

