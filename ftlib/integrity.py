@@ -1,8 +1,12 @@
 """SHA-256 manifests of finished output directories, and a command that verifies one.
 
-    ftlib-verify path/to/output_dir        # or a downloaded Hub snapshot folder
+    ftlib-verify path/to/output_dir                 # the run's output directory, as written
+    ftlib-verify --snapshot path/to/snapshot        # a downloaded Hub snapshot of the pushed model
 
-fails (exit 1) on any changed, missing or extra file.
+fails (exit 1) on any changed, missing or extra file. The manifest lists every file of the result
+(checkpoints and logs excepted) and, under ``published``, the ones a push uploads (the manifest itself
+is uploaded too): a snapshot lacks the local-only files (``training_args.bin``, ``trainer_state.json``),
+so ``--snapshot`` expects exactly the published ones.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST = "MANIFEST.sha256.json"
@@ -39,22 +44,34 @@ def _files(root: Path, skip_checkpoints: bool) -> list[Path]:
     return out
 
 
-def write_manifest(output_dir: str | Path, skip_checkpoints: bool = True) -> Path:
-    """Write ``MANIFEST.sha256.json`` listing every file (checkpoints and logs excluded by default)."""
+def write_manifest(
+    output_dir: str | Path, skip_checkpoints: bool = True, published: Iterable[str | Path] | None = None
+) -> Path:
+    """Write ``MANIFEST.sha256.json`` listing every file (checkpoints and logs excluded by default);
+    ``published``: the files a Hub push uploads (relative paths), recorded so a snapshot can be verified."""
     root = Path(output_dir)
     files = {rel.as_posix(): sha256_file(root / rel) for rel in _files(root, skip_checkpoints)}
+    manifest: dict = {"algorithm": "sha256", "files": files}
+    if published is not None:
+        manifest["published"] = sorted({Path(p).as_posix() for p in published} & set(files))
     path = root / MANIFEST
-    path.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return path
 
 
-def verify_manifest(output_dir: str | Path) -> list[str]:
-    """Problems found (empty when the directory matches its manifest exactly)."""
+def verify_manifest(output_dir: str | Path, snapshot: bool = False) -> list[str]:
+    """Problems found (empty when the directory matches its manifest exactly). ``snapshot``: the directory
+    is a download of the pushed model, so exactly the manifest's ``published`` files are expected."""
     root = Path(output_dir)
     path = root / MANIFEST
     if not path.is_file():
         return [f"no {MANIFEST} in {root}"]
-    expected: dict[str, str] = json.loads(path.read_text())["files"]
+    manifest = json.loads(path.read_text())
+    expected: dict[str, str] = manifest["files"]
+    if snapshot:
+        if "published" not in manifest:
+            return [f"{MANIFEST} in {root} does not list the published files (written without them)"]
+        expected = {name: expected[name] for name in manifest["published"]}
     skip = not any(name.startswith(("checkpoint-", "runs/")) for name in expected)
     actual = {rel.as_posix() for rel in _files(root, skip)}
     problems = [f"missing: {name}" for name in sorted(set(expected) - actual)]
@@ -68,12 +85,23 @@ def verify_manifest(output_dir: str | Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftlib-verify", description="Verify an output directory against its manifest.")
     parser.add_argument("directory")
+    parser.add_argument(
+        "--snapshot", action="store_true", help="the directory is a downloaded Hub snapshot: expect the published files only"
+    )
     args = parser.parse_args(argv)
-    problems = verify_manifest(args.directory)
+    problems = verify_manifest(args.directory, snapshot=args.snapshot)
     for problem in problems:
         print(problem)
     print(f"{args.directory}: {'FAILED' if problems else 'OK'}")
+    if problems and not args.snapshot and _only_unpublished_missing(Path(args.directory), problems):
+        print("(only files that a push leaves out are missing: for a downloaded Hub snapshot use --snapshot)")
     return 1 if problems else 0
+
+
+def _only_unpublished_missing(root: Path, problems: list[str]) -> bool:
+    manifest = json.loads((root / MANIFEST).read_text())
+    published = set(manifest.get("published", manifest["files"]))
+    return all(p.startswith("missing: ") and p.removeprefix("missing: ") not in published for p in problems)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,13 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "deberta": ["in_proj"],
     "deberta-v2": ["query_proj", "value_proj"],
     "modernbert": ["Wqkv"],
-    "vit": ["query", "value"],
-    "deit": ["query", "value"],
-    "beit": ["query", "value"],
-    "swin": ["query", "value"],
+    # Vision transformers: transformers 5.x renamed their query / value to q_proj / v_proj; both spellings are
+    # listed so that either version is adapted (peft needs one name to match, not all).
+    "vit": ["query", "value", "q_proj", "v_proj"],
+    "deit": ["query", "value", "q_proj", "v_proj"],
+    "beit": ["query", "value", "q_proj", "v_proj"],
+    "swin": ["query", "value", "q_proj", "v_proj"],
+    "dinov2": ["query", "value", "q_proj", "v_proj"],
     "convnext": ["pwconv1", "pwconv2"],
     "efficientnet": ["expand_conv", "project_conv"],
     "resnet": ["convolution"],

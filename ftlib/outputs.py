@@ -42,18 +42,18 @@ def prepare_output_dir(
                 f"--output_dir {path} already holds a finished model ({', '.join(finished)}); "
                 "pass --overwrite_output_dir to replace it, or choose another directory"
             )
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in path.parents if p.exists()), None)
+        why = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else err.strerror
+        raise ValueError(f"--output_dir {path} cannot be created: {why}") from None
     try:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".ftlib-write-test-"):
             pass
     except OSError as err:
         raise ValueError(f"--output_dir {path} is not writable: {err.strerror}") from None
-    free = shutil.disk_usage(path).free
-    if free < min_free_bytes:
-        raise ValueError(
-            f"--output_dir {path}: {free / 2**20:.0f} MiB free, the run needs about {min_free_bytes / 2**20:.0f} MiB "
-            "for its checkpoints"
-        )
+    check_free_space(path, min_free_bytes)
     if resume_from_checkpoint is True:
         last = last_complete_checkpoint(path)
         if last is None:
@@ -93,9 +93,19 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def checkpoint_bytes(model, save_total_limit: int | None) -> int:
-    """Rough disk need: weights plus two Adam moments of the trainable ones, per kept checkpoint, plus the
-    final model."""
+def check_free_space(output_dir: str | os.PathLike, needed_bytes: int) -> None:
+    """Error with both figures when ``output_dir``'s file system has less than ``needed_bytes`` free."""
+    free = shutil.disk_usage(output_dir).free
+    if free < needed_bytes:
+        raise ValueError(
+            f"--output_dir {output_dir}: {free / 2**20:.0f} MiB free, the run needs about {needed_bytes / 2**20:.0f} MiB "
+            "for its checkpoints and model"
+        )
+
+
+def checkpoint_bytes(model, checkpoints: int) -> int:
+    """Rough disk need of a run: per kept checkpoint the weights plus two Adam moments of the trainable
+    ones, plus the final model."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return (weights + moments) * (save_total_limit or 2) + weights
+    return (weights + moments) * checkpoints + weights

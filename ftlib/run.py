@@ -16,10 +16,17 @@ import transformers
 from transformers import TrainingArguments, set_seed
 
 from ftlib.args import FineTuneArguments
-from ftlib.hub import HubSettings, push_output, quality_gate, take_hub_settings, write_model_card
+from ftlib.hub import (
+    HubSettings,
+    files_to_push,
+    push_output,
+    quality_gate,
+    take_hub_settings,
+    write_model_card,
+)
 from ftlib.integrity import write_manifest
 from ftlib.lora import save_lora
-from ftlib.outputs import prepare_output_dir
+from ftlib.outputs import check_free_space, checkpoint_bytes, prepare_output_dir
 from ftlib.trainer import check_strategy_args
 
 logger = logging.getLogger("ftlib")
@@ -90,7 +97,11 @@ def strategy_summary(ft_args: FineTuneArguments, training_args: TrainingArgument
 
 
 def train(trainer, resume_from: str | None) -> dict[str, float]:
-    """Train (resuming when a checkpoint is given) and record the train metrics and state."""
+    """Check the free disk space, train (resuming when a checkpoint is given), record the train metrics and state."""
+    # the space needed depends on the model, so this check waits until it is built (still before any step)
+    args = trainer.args
+    checkpoints = 0 if args.save_strategy == "no" else (args.save_total_limit or 2)  # no limit: at least 2
+    check_free_space(args.output_dir, checkpoint_bytes(trainer.model, checkpoints))
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = dict(result.metrics)
     metrics["train_samples"] = len(trainer.train_dataset)
@@ -161,7 +172,7 @@ def publish(
         repo_id=hub.repo_id,
     )
     (output_dir / "ftlib_strategy.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    write_manifest(output_dir)
+    write_manifest(output_dir, published=files_to_push(output_dir))
     if hub.push:
         metric = trainer.args.metric_for_best_model or "loss"
         greater = trainer.args.greater_is_better if trainer.args.greater_is_better is not None else metric != "loss"

@@ -291,3 +291,16 @@ def recipe_process(recipe_hooks_dir):
     for process in started:
         if process.proc.poll() is None:
             process._kill()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout_dir(tiny_bert_dir, tmp_path_factory) -> Path:
+    """``tiny_bert_dir``'s weights and tokenizer with dropout off, for comparisons that must not depend on
+    which process draws which dropout mask."""
+    from transformers import AutoTokenizer, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    model = BertModel.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
+    return path

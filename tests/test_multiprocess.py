@@ -10,6 +10,12 @@ it groups within mega-batches sized by the per-device batch, so 4 and 8 group di
 Dropout is 0 (a copy of the tiny BERT with dropout off) so that two ranks drawing their own dropout masks
 cannot differ from one process drawing one. What remains is float summation order (each rank pads its 4
 rows to its own longest, DDP averages two means of 4 instead of one mean of 8): TOLERANCE below.
+
+Why the weights are compared relative to the update: a gradient element that is a near-total cancellation
+(~1e-10 out of terms of ~1e-3) carries rounding noise of its own size, and AdamW divides by its magnitude,
+so a rare single element can move by a visible fraction of the learning rate (measured: one position
+embedding, 3e-5). The weight vector as a whole agrees to ~1e-4 of the distance training moved it; without
+FtTrainer's gradient sync for late-unfrozen blocks the same measure is ~0.9 (measured by disabling it).
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from test_resume import assert_same_order, sentiment_csv, weights
+from test_resume import assert_same_order, sentiment_csv, update_difference, weights
 
 pytestmark = pytest.mark.slow
 
-# per-step loss and final eval loss: relative; weights: absolute. Measured: 1e-7 relative on the losses,
-# 5e-8 on the weights after 8 steps of AdamW at lr 5e-3.
-TOLERANCE = {"loss_rel": 1e-5, "weight_abs": 1e-5}
+# loss_rel: per-step training losses and the final eval loss, relative (measured: <= 2e-7).
+# update_rel: ||w_two - w_one|| / ||w_one - w_initial|| (measured: <= 4e-6 here, 8e-5 on another data order,
+# where one element's max |w_two - w_one| reached 3e-5; without the gradient sync for late-unfrozen blocks: 0.9).
+TOLERANCE = {"loss_rel": 1e-5, "update_rel": 1e-3}
 MAX_STEPS = 8
 
 
@@ -37,17 +43,6 @@ MAX_STEPS = 8
 def data(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("mp-data")
     return sentiment_csv(folder / "train.csv", 16), sentiment_csv(folder / "val.csv", 8, offset=100)
-
-
-@pytest.fixture(scope="module")
-def no_dropout_bert(tiny_bert_dir, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    model = BertModel.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
-    return path
 
 
 def free_port() -> int:
@@ -93,7 +88,7 @@ def assert_both_ranks_ran(process, one_process) -> None:
         assert zero["rows"] + one["rows"] == whole["rows"], step
 
 
-def assert_matches_one_process(two: Path, one: Path) -> None:
+def assert_matches_one_process(two: Path, one: Path, initial: Path) -> None:
     losses_two, losses_one = step_losses(two), step_losses(one)
     assert len(losses_two) == len(losses_one) == MAX_STEPS
     assert losses_two == pytest.approx(losses_one, rel=TOLERANCE["loss_rel"])
@@ -101,45 +96,46 @@ def assert_matches_one_process(two: Path, one: Path) -> None:
     evals_two, evals_one = eval_results(two), eval_results(one)
     assert evals_two["eval_accuracy"] == evals_one["eval_accuracy"]
     assert evals_two["eval_loss"] == pytest.approx(evals_one["eval_loss"], rel=TOLERANCE["loss_rel"])
-    a, b = weights(two, "model.safetensors"), weights(one, "model.safetensors")
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert diff <= TOLERANCE["weight_abs"], diff
-    print(f"\n{two.name}: max |weight diff| 2 processes vs 1: {diff:.3g}; per-step losses {losses_one}")
+    largest, relative = update_difference(two, one, initial)
+    loss_diff = max(abs(a - b) / b for a, b in zip(losses_two, losses_one))
+    print(f"\n{two.parent.name}: 2 processes vs 1: max |weight diff| {largest:.3g}, relative to the update {relative:.3g}, "
+          f"max relative loss diff {loss_diff:.3g}")
+    assert relative <= TOLERANCE["update_rel"]
 
 
-def test_two_processes_match_one(no_dropout_bert, data, tmp_path, recipe_process):
-    one = recipe_process(command(no_dropout_bert, data, tmp_path / "one", 1), tmp_path / "rec-one")
+def test_two_processes_match_one(tiny_bert_no_dropout_dir, data, tmp_path, recipe_process):
+    one = recipe_process(command(tiny_bert_no_dropout_dir, data, tmp_path / "one", 1), tmp_path / "rec-one")
     one.wait()
-    two = recipe_process(command(no_dropout_bert, data, tmp_path / "two", 2), tmp_path / "rec-two")
+    two = recipe_process(command(tiny_bert_no_dropout_dir, data, tmp_path / "two", 2), tmp_path / "rec-two")
     two.wait()
     assert_both_ranks_ran(two, one)
-    assert_matches_one_process(tmp_path / "two", tmp_path / "one")
+    assert_matches_one_process(tmp_path / "two", tmp_path / "one", tiny_bert_no_dropout_dir)
     # every rank saved its own RNG state in the checkpoints (what an exact resume needs)
     assert {p.name for p in (tmp_path / "two" / f"checkpoint-{MAX_STEPS}").glob("rng_state*")} == {
         "rng_state_0.pth", "rng_state_1.pth"}
 
 
-def test_gradual_unfreezing_two_processes_match_one_and_resume(no_dropout_bert, data, tmp_path, recipe_process):
+def test_gradual_unfreezing_two_processes_match_one_and_resume(tiny_bert_no_dropout_dir, data, tmp_path, recipe_process):
     """Blocks unfrozen after DDP wrapped the model get their gradients averaged by FtTrainer (DDP does not
     know them): two processes match one. Killed between the two unfreezing steps and resumed, the two-process
     run ends exactly where the uninterrupted two-process run ends."""
     flags = ["--gradual_unfreeze", "3", "--gradual_unfreeze_unit", "step"]  # head; + top block at 3; + the rest at 6
-    one = recipe_process(command(no_dropout_bert, data, tmp_path / "one", 1, *flags), tmp_path / "rec-one")
+    one = recipe_process(command(tiny_bert_no_dropout_dir, data, tmp_path / "one", 1, *flags), tmp_path / "rec-one")
     one.wait()
-    two = recipe_process(command(no_dropout_bert, data, tmp_path / "two", 2, *flags), tmp_path / "rec-two")
+    two = recipe_process(command(tiny_bert_no_dropout_dir, data, tmp_path / "two", 2, *flags), tmp_path / "rec-two")
     two.wait()
     assert_both_ranks_ran(two, one)
-    assert_matches_one_process(tmp_path / "two", tmp_path / "one")
-    initial = load_file(str(no_dropout_bert / "model.safetensors"))
+    assert_matches_one_process(tmp_path / "two", tmp_path / "one", tiny_bert_no_dropout_dir)
+    initial = load_file(str(tiny_bert_no_dropout_dir / "model.safetensors"))
     final = weights(tmp_path / "two", "model.safetensors")
     key = "encoder.layer.0.output.dense.weight"  # unfrozen at step 6, long after DDP wrapped the model
     assert not torch.equal(final[f"bert.{key}"], initial[key])
 
     out = tmp_path / "killed"
-    killed = recipe_process(command(no_dropout_bert, data, out, 2, *flags), tmp_path / "rec-killed", pause="step:5")
+    killed = recipe_process(command(tiny_bert_no_dropout_dir, data, out, 2, *flags), tmp_path / "rec-killed", pause="step:5")
     assert killed.kill_when_paused() == "before step 5, micro-batch 0"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    resumed = recipe_process(command(no_dropout_bert, data, out, 2, *flags), tmp_path / "rec-resumed")
+    resumed = recipe_process(command(tiny_bert_no_dropout_dir, data, out, 2, *flags), tmp_path / "rec-resumed")
     resumed.wait()
     a, b = weights(out, "model.safetensors"), weights(tmp_path / "two", "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -17,8 +17,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ["good", "great", "fine", "nice", "superb", "lovely", "warm", "clever"]
 BAD = ["bad", "awful", "poor", "dull", "boring", "ugly", "cold", "dumb"]
@@ -54,6 +52,17 @@ def recipe_command(model_dir: Path, data: tuple[Path, Path], out: Path, *extra) 
 
 def weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(folder / name))
+
+
+def update_difference(a: Path, b: Path, initial: Path, name: str = "model.safetensors") -> tuple[float, float]:
+    """``(max |a - b|, ||a - b|| / ||b - initial||)`` over all weights: the second compares the two runs'
+    disagreement with how far training moved the weights at all (``initial``: the base checkpoint)."""
+    wa, wb, w0 = weights(a, name), weights(b, name), weights(initial, "model.safetensors")
+    base = {k: w0[k.removeprefix("bert.")] for k in wb if k.removeprefix("bert.") in w0}
+    base = {k: v for k, v in base.items() if v.shape == wb[k].shape}
+    diff = torch.sqrt(sum(((wa[k] - wb[k]) ** 2).sum() for k in wb)).item()
+    moved = torch.sqrt(sum(((wb[k] - base[k]) ** 2).sum() for k in base)).item()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wb), diff / moved
 
 
 def comparable_state(folder: Path) -> dict:
@@ -96,6 +105,7 @@ def assert_same_order(ref_batches: list[dict], *parts: list[dict]) -> None:
             assert batch["rows"] == by_position[batch["step"], batch["micro"]], f"step {batch['step']} micro {batch['micro']}"
 
 
+@pytest.mark.slow
 def test_plain_kill_resume_past_a_half_written_checkpoint(tiny_bert_dir, data, tmp_path, recipe_process):
     """Killed mid-epoch 2 (after checkpoint-6), auto-resumed and killed again while checkpoint-8 is half
     written: the next auto-resume skips the broken checkpoint-8, resumes from checkpoint-6, and ends equal."""
@@ -144,6 +154,7 @@ STRATEGIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_strategy_kill_resume(strategy, tiny_bert_dir, data, tmp_path, recipe_process):
     flags, pause, resumed_from, weight_file, explicit = STRATEGIES[strategy]
@@ -179,6 +190,47 @@ def test_strategy_kill_resume(strategy, tiny_bert_dir, data, tmp_path, recipe_pr
         key = "encoder.layer.0.output.dense.weight"
         assert torch.equal(at_checkpoint[f"bert.{key}"], initial[key])
         assert not torch.equal(final[f"bert.{key}"], initial[key])
+
+
+def test_last_complete_checkpoint_skips_half_written_ones(tmp_path):
+    """Trainer writes a checkpoint in place, trainer_state.json last: a folder without it (or with a truncated
+    one) is a save that was killed, and resuming from it would fail."""
+    from ftlib.outputs import last_complete_checkpoint, prepare_output_dir
+
+    for step, state in ((4, '{"global_step": 4}'), (6, '{"global_step": 6}'), (8, '{"global_st'), (10, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+    assert prepare_output_dir(tmp_path) == str(tmp_path / "checkpoint-6")
+    assert prepare_output_dir(tmp_path, resume_from_checkpoint=True) == str(tmp_path / "checkpoint-6")
+    for step in (4, 6):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(tmp_path) is None
+    with pytest.raises(ValueError, match=r"no complete checkpoint-\* folder"):
+        prepare_output_dir(tmp_path, resume_from_checkpoint=True)
+
+
+def test_length_grouped_order_depends_on_the_epoch_only():
+    """Trainer's length-grouped sampler shuffles with the global RNG, so a run resumed in epoch k > 0
+    replays epoch 0's order (seen in the kill tests before the fix); FtTrainer's is seeded by seed + epoch."""
+    from ftlib.trainer import EpochSeededLengthGroupedSampler
+
+    lengths = [5, 9, 3, 7, 8, 2, 6, 4, 10, 1, 12, 11] * 2
+    sampler = EpochSeededLengthGroupedSampler(4, lengths=lengths, seed=3)
+    torch.manual_seed(0)
+    epoch0, epoch1 = list(sampler), list(sampler)  # a full pass moves to the next epoch by itself
+    assert sorted(epoch0) == sorted(epoch1) == list(range(len(lengths))) and epoch0 != epoch1
+    fresh = EpochSeededLengthGroupedSampler(4, lengths=lengths, seed=3)
+    torch.manual_seed(123)  # whatever dropout drew before: the order of an epoch does not change
+    torch.rand(1000)
+    fresh.set_epoch(1)
+    assert list(fresh) == epoch1
+    fresh.set_epoch(0)
+    assert list(fresh) == epoch0
+    assert list(EpochSeededLengthGroupedSampler(4, lengths=lengths, seed=4)) != epoch0
 
 
 def test_report_figures():
