@@ -23,13 +23,15 @@ def prepare_output_dir(
     overwrite: bool = False,
     resume_from_checkpoint: str | bool | None = None,
     min_free_bytes: int = 0,
+    world_size: int = 1,
 ) -> str | None:
     """Check ``output_dir`` before anything trains; returns the checkpoint to resume from, if any.
 
     - a path that is a file, or a directory that cannot be written: error naming it;
     - a finished model there: error unless ``overwrite`` (nothing is deleted either way: files are
       replaced only as the new run saves its own);
-    - ``checkpoint-*`` folders there and no explicit choice: resume from the last one;
+    - ``checkpoint-*`` folders there and no explicit choice: resume from the last complete one (see
+      :func:`last_complete_checkpoint`; ``world_size``: the processes of this run);
     - less free space than ``min_free_bytes``: error with both figures.
     """
     path = Path(output_dir)
@@ -55,7 +57,7 @@ def prepare_output_dir(
         raise ValueError(f"--output_dir {path} is not writable: {err.strerror}") from None
     check_free_space(path, min_free_bytes)
     if resume_from_checkpoint is True:
-        last = last_complete_checkpoint(path)
+        last = last_complete_checkpoint(path, world_size)
         if last is None:
             raise ValueError(f"--resume_from_checkpoint: no complete checkpoint-* folder in {path}")
         return last
@@ -65,18 +67,20 @@ def prepare_output_dir(
         return str(resume_from_checkpoint)
     if overwrite:
         return None
-    last = last_complete_checkpoint(path)
+    last = last_complete_checkpoint(path, world_size)
     if last is not None:
         logger.warning("resuming from %s (pass --overwrite_output_dir to start over)", last)
     return last
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The ``checkpoint-<step>`` folder with the highest step whose ``trainer_state.json`` is readable.
+def last_complete_checkpoint(output_dir: str | os.PathLike, world_size: int = 1) -> str | None:
+    """The ``checkpoint-<step>`` folder with the highest step that was completely written.
 
     Trainer writes a checkpoint in place, its ``trainer_state.json`` last, so a run killed while saving
-    leaves a folder with weights but no (or a truncated) state: resuming from it would fail or restart
-    the data order. Such a folder is skipped with a warning, and overwritten when training passes it again.
+    leaves a folder with weights but no (or a truncated) state: resuming from it would fail. With several
+    processes, each writes its own ``rng_state_<rank>.pth`` and the main one may finish the state before
+    another rank's file is there: a folder that has RNG states but not one per rank would resume
+    silently inexact. Such folders are skipped with a warning, and overwritten when training passes them again.
     """
     steps = []
     for child in Path(output_dir).iterdir():
@@ -88,6 +92,10 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
             json.loads((child / "trainer_state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             logger.warning("skipping %s: no complete trainer_state.json (a save was interrupted)", child)
+            continue
+        ranks = [child / f"rng_state_{rank}.pth" for rank in range(world_size)]
+        if world_size > 1 and any(child.glob("rng_state*.pth")) and not all(p.is_file() for p in ranks):
+            logger.warning("skipping %s: the RNG state of a process is missing (a save was interrupted)", child)
             continue
         return str(child)
     return None

@@ -61,6 +61,7 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments) -> R
         training_args.output_dir,
         overwrite=ft_args.overwrite_output_dir,
         resume_from_checkpoint=training_args.resume_from_checkpoint,
+        world_size=training_args.world_size,
     )
     set_seed(training_args.seed)
     return RunStart(resume, hub)
@@ -152,12 +153,14 @@ def publish(
     task: str,
     dataset: str,
     label_names: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> None:
-    """Write the model card and manifest; push behind the quality gate when asked (main process only)."""
+    """Write the model card and manifest; push behind the quality gate when asked (main process only).
+    ``settings``: a recipe's own settings that shaped the run (augmentation, image size), shown with the strategy."""
     if not trainer.is_world_process_zero():
         return
     output_dir = Path(trainer.args.output_dir)
-    summary = strategy_summary(ft_args, trainer.args)
+    summary = {**strategy_summary(ft_args, trainer.args), **(settings or {})}
     library = "peft" if ft_args.lora and ft_args.lora_save == "adapter" else "transformers"
     write_model_card(
         output_dir,

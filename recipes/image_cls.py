@@ -152,9 +152,18 @@ def main(
     publish(
         trainer, ft_args, run.hub, metrics, base_model=public_name(model_args.model_name_or_path),
         task="image-classification", dataset=data_args.dataset_name or data_args.image_folder or data_args.train_file,
-        label_names=labels.names,
+        label_names=labels.names, settings=training_settings(data_args),
     )
     return metrics
+
+
+def training_settings(data_args: ImageDataArguments) -> dict:
+    """The data settings that shape training, for the model card: size, augmentation, mixing."""
+    names = ("image_size", "augmentation", "augmentation_knobs", "mixup_alpha", "cutmix_alpha", "mixup_prob")
+    settings = {name: getattr(data_args, name) for name in names}
+    if not data_args.mixing:
+        del settings["mixup_prob"]
+    return {name: value for name, value in settings.items() if value not in (None, 0.0)}
 
 
 if __name__ == "__main__":

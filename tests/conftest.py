@@ -108,8 +108,8 @@ RECIPE_HOOKS = '''"""Test hooks for recipe subprocesses, active when this folder
 
 Writes FTTEST_DIR/pid.<RANK> (torchrun starts workers in sessions of their own: a test kills them by pid),
 appends a fingerprint of every training micro-batch to FTTEST_DIR/batches.rank<R>.jsonl (a hash of each
-row's unpadded token ids) and, with FTTEST_PAUSE, stops at a chosen point, writing FTTEST_DIR/paused.rank<R>,
-so that a test can SIGKILL the process there:
+row's unpadded token ids) and, with FTTEST_PAUSE, stops rank 0 at a chosen point, writing FTTEST_DIR/paused.rank0,
+so that a test can SIGKILL the processes there (other ranks run on until they wait for rank 0):
   step:N[:M]  before micro-batch M (default 0) of optimizer step N
   midsave:N   while checkpoint-N is half written (weights and optimizer saved, RNG and trainer state not yet)
 """
@@ -144,7 +144,7 @@ def _patch(module):
         step = self.state.global_step + 1
         micro = self._fttest_micro + 1 if getattr(self, "_fttest_step", None) == step else 0
         self._fttest_step, self._fttest_micro = step, micro
-        if kind == "step" and [step, micro] == at:
+        if kind == "step" and [step, micro] == at and self.args.process_index == 0:
             _pause(self, f"before step {step}, micro-batch {micro}")
         rows = [
             hashlib.sha1(json.dumps([t for t, m in zip(ids, mask) if m]).encode()).hexdigest()[:12]
@@ -157,7 +157,7 @@ def _patch(module):
         return training_step(self, model, inputs, num_items_in_batch)
 
     def hooked_save_rng_state(self, output_dir):
-        if kind == "midsave" and self.state.global_step == at[0]:
+        if kind == "midsave" and self.state.global_step == at[0] and self.args.process_index == 0:
             _pause(self, f"inside checkpoint-{at[0]}")
         return save_rng_state(self, output_dir)
 
@@ -257,12 +257,13 @@ class RecipeProcess:
         assert code == 0, f"exit code {code}:\n{self.log()[-4000:]}"
         return self.log()
 
-    def kill_when_paused(self, timeout: float = 300) -> str:
-        """Wait until a rank reached the pause point, SIGKILL every process; returns where it paused."""
+    def kill_when_paused(self, timeout: float = 300, also=None) -> str:
+        """Wait until rank 0 reached the pause point (and ``also()`` is true, when given), SIGKILL every
+        process; returns where it paused."""
         import time
 
         deadline = time.monotonic() + timeout
-        while not (markers := sorted(self.record_dir.glob("paused.rank*"))):
+        while not (markers := sorted(self.record_dir.glob("paused.rank*"))) or (also is not None and not also()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self._kill()
                 pytest.fail(f"never reached the pause point (exit {self.proc.returncode}):\n{self.log()[-4000:]}")

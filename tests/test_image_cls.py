@@ -135,6 +135,8 @@ def test_end_to_end_on_an_image_folder_writes_every_output(tiny_vit, tmp_path):
     losses = train_losses(out)
     assert len(losses) == 9 and np.mean(losses[-3:]) < np.mean(losses[:3])  # 24 images / 8 x 3 epochs
     assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    strategy = json.loads((out / "ftlib_strategy.json").read_text())  # what the model card shows
+    assert strategy["augmentation"] == ImageDataArguments(image_folder="x").augmentation
     config = AutoConfig.from_pretrained(out)
     assert config.id2label == {0: "blue", 1: "green", 2: "red"} and config.architectures == ["ViTForImageClassification"]
 

@@ -132,9 +132,13 @@ def test_gradual_unfreezing_two_processes_match_one_and_resume(tiny_bert_no_drop
     assert not torch.equal(final[f"bert.{key}"], initial[key])
 
     out = tmp_path / "killed"
+    # rank 0 stops before step 5, after its part of checkpoint-4; the kill waits until rank 1, done with its
+    # part too, has started step 5 (where it then waits for rank 0)
     killed = recipe_process(command(tiny_bert_no_dropout_dir, data, out, 2, *flags), tmp_path / "rec-killed", pause="step:5")
-    assert killed.kill_when_paused() == "before step 5, micro-batch 0"
+    rank1 = killed.record_dir / "batches.rank1.jsonl"
+    assert killed.kill_when_paused(also=lambda: '"step": 5,' in rank1.read_text()) == "before step 5, micro-batch 0"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert {p.name for p in (out / "checkpoint-4").glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
     resumed = recipe_process(command(tiny_bert_no_dropout_dir, data, out, 2, *flags), tmp_path / "rec-resumed")
     resumed.wait()
     a, b = weights(out, "model.safetensors"), weights(tmp_path / "two", "model.safetensors")

@@ -194,7 +194,8 @@ def test_strategy_kill_resume(strategy, tiny_bert_dir, data, tmp_path, recipe_pr
 
 def test_last_complete_checkpoint_skips_half_written_ones(tmp_path):
     """Trainer writes a checkpoint in place, trainer_state.json last: a folder without it (or with a truncated
-    one) is a save that was killed, and resuming from it would fail."""
+    one) is a save that was killed, and resuming from it would fail; with several processes, one without every
+    rank's RNG state would resume inexactly."""
     from ftlib.outputs import last_complete_checkpoint, prepare_output_dir
 
     for step, state in ((4, '{"global_step": 4}'), (6, '{"global_step": 6}'), (8, '{"global_st'), (10, None)):
@@ -206,6 +207,12 @@ def test_last_complete_checkpoint_skips_half_written_ones(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
     assert prepare_output_dir(tmp_path) == str(tmp_path / "checkpoint-6")
     assert prepare_output_dir(tmp_path, resume_from_checkpoint=True) == str(tmp_path / "checkpoint-6")
+    # two processes: rank 0 wrote the state of checkpoint-6, rank 1's RNG state never came
+    (tmp_path / "checkpoint-4" / "rng_state_0.pth").write_bytes(b"rng")
+    (tmp_path / "checkpoint-4" / "rng_state_1.pth").write_bytes(b"rng")
+    (tmp_path / "checkpoint-6" / "rng_state_0.pth").write_bytes(b"rng")
+    assert last_complete_checkpoint(tmp_path, world_size=2) == str(tmp_path / "checkpoint-4")
+    assert prepare_output_dir(tmp_path, world_size=2) == str(tmp_path / "checkpoint-4")
     for step in (4, 6):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").unlink()
     assert last_complete_checkpoint(tmp_path) is None

@@ -257,10 +257,9 @@ def test_minilm_learns_the_demo_data(tmp_path):
     argv = ["--config", str(ROOT / "recipes/configs/token_cls/demo.yaml"), "--output_dir", str(out),
             "--train_file", str(ROOT / "recipes/data/ner_demo/train.conll"),
             "--validation_file", str(ROOT / "recipes/data/ner_demo/validation.conll"),
-            "--num_train_epochs", "4", "--per_device_train_batch_size", "16", "--disable_tqdm", "true",
-            "--use_cpu", "true"]
+            "--num_train_epochs", "5", "--eval_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true"]
     metrics = run(argv)
-    assert metrics["eval_f1"] > 0.4, metrics
+    assert metrics["eval_f1"] > 0.5, metrics  # 0.8 after the demo's 8 epochs
 
 
 def test_evaluation_keeps_dataset_order_under_length_grouping(make_core_trainer, core_data):
