@@ -46,7 +46,8 @@ def run(argv: list[str]) -> dict:
 def base_argv(model_dir, train, out, *extra) -> list[str]:
     return ["--model_name_or_path", str(model_dir), "--train_file", str(train), "--output_dir", str(out),
             "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--use_cpu", "true",
-            "--learning_rate", "2e-3", "--num_train_epochs", "3", "--save_strategy", "no", "--disable_tqdm", "true",
+            "--learning_rate", "2e-3", "--head_learning_rate", "2e-3", "--num_train_epochs", "3",
+            "--freeze_embeddings", "false",  # the tiny model's embeddings are random: they must learn "--save_strategy", "no", "--disable_tqdm", "true",
             "--dataloader_pin_memory", "false", *map(str, extra)]
 
 
