@@ -28,25 +28,24 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import TrainingArguments  # noqa: E402
+import torch
+from transformers import TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 
-from image_cls import RECIPE_DEFAULTS, main  # noqa: E402
+from image_cls import RECIPE_DEFAULTS, main
 
-from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments  # noqa: E402
-from ftlib.cli import parse_args  # noqa: E402
-from ftlib.data.image import (  # noqa: E402
+from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
+from ftlib.cli import parse_args
+from ftlib.data.image import (
     ImageTransform,
     build_transforms,
-    default_num_workers,
     image_collate,
     load_image_folder,
 )
-from ftlib.modeling import load_image_processor  # noqa: E402
+from ftlib.modeling import load_image_processor
 
 # The converted checkpoint keeps TF's slow batch-norm statistics (PyTorch momentum 0.01): after the ~80 steps
 # of a run they would still be mostly ImageNet's. 0.1, PyTorch's default, lets them follow the new data.

@@ -144,7 +144,8 @@ def main(
 
     # -- predict
     if "test" in data:
-        ids = raw["test"][data_args.id_column] if data_args.id_column else image_ids(raw["test"], data_args.image_column)
+        column = data_args.id_column or data_args.image_column
+        ids = raw["test"][column] if data_args.id_column else image_ids(raw["test"], column)
         metrics.update(predict_test(trainer, data["test"], ids, labels))
 
     # -- save, card, manifest, push
@@ -167,4 +168,5 @@ def training_settings(data_args: ImageDataArguments) -> dict:
 
 
 if __name__ == "__main__":
-    main(*parse_args((ModelArguments, ImageDataArguments, FineTuneArguments, TrainingArguments), defaults=RECIPE_DEFAULTS))
+    args = (ModelArguments, ImageDataArguments, FineTuneArguments, TrainingArguments)
+    main(*parse_args(args, defaults=RECIPE_DEFAULTS))

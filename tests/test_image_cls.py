@@ -138,7 +138,8 @@ def test_end_to_end_on_an_image_folder_writes_every_output(tiny_vit, tmp_path):
     strategy = json.loads((out / "ftlib_strategy.json").read_text())  # what the model card shows
     assert strategy["augmentation"] == ImageDataArguments(image_folder="x").augmentation
     config = AutoConfig.from_pretrained(out)
-    assert config.id2label == {0: "blue", 1: "green", 2: "red"} and config.architectures == ["ViTForImageClassification"]
+    assert config.id2label == {0: "blue", 1: "green", 2: "red"}
+    assert config.architectures == ["ViTForImageClassification"]
 
     confusion = json.loads((out / "confusion_matrix.json").read_text())
     matrix = np.array(confusion["matrix"])
@@ -169,7 +170,8 @@ def test_multi_label_from_a_csv_on_a_resnet_with_a_smaller_image_size(tiny_resne
     assert AutoConfig.from_pretrained(out).problem_type == "multi_label_classification"
     assert not (out / "confusion_matrix.json").exists()  # single-label only
     processor = AutoImageProcessor.from_pretrained(out)  # saved at the size trained on
-    assert processor.size.shortest_edge == 24 and processor(Image.new("RGB", (40, 30)), return_tensors="pt")["pixel_values"].shape == (1, 3, 24, 24)
+    assert processor.size.shortest_edge == 24
+    assert processor(Image.new("RGB", (40, 30)), return_tensors="pt")["pixel_values"].shape == (1, 3, 24, 24)
     assert all(np.isfinite(train_losses(out)))
 
 

@@ -4,9 +4,9 @@ transforms sized from the checkpoint's image processor, MixUp / CutMix, and the 
 Rows hold an image *reference* and a label, never decoded pixels: an image folder or csv / jsonl files give
 a column of paths; a Hub dataset's ``Image`` column is cast to ``Image(decode=False)`` (bytes and path).
 Pixels are decoded lazily, per batch, inside the DataLoader workers: ``Dataset.with_transform`` with an
-:class:`ImageTransform`. Labels are the shared ones (``ftlib.data.labels``: names, validation split,
-encoding), so a recipe needs ``remove_unused_columns=False``: otherwise the Trainer drops the image
-column before the transform sees it.
+:class:`ImageTransform`. Labels go through ``ftlib.data.labels`` like every task's (names, validation split,
+encoding into a ``labels`` column). A Trainer fed these datasets needs ``remove_unused_columns=False``:
+otherwise it drops the image column before the transform sees it.
 """
 
 from __future__ import annotations
