@@ -305,3 +305,33 @@ def tiny_bert_no_dropout_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
     return path
+
+
+class FakeHfApi:
+    """Stands in for ``huggingface_hub.HfApi``: records each call ``ftlib.hub.push_output`` makes, in order,
+    as ``(method, keyword arguments)``."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        FakeHfApi.calls.append(("init", {"token": token}))
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+    def create_branch(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs):
+        FakeHfApi.calls.append(("upload_folder", kwargs))
+        return type("Commit", (), {"commit_url": f"https://hf.co/{kwargs['repo_id']}/commit/abc"})()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch) -> list:
+    """No network: ``HfApi`` replaced by :class:`FakeHfApi`; returns the list its calls are recorded in."""
+    import huggingface_hub
+
+    FakeHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    return FakeHfApi.calls

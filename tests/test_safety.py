@@ -58,25 +58,6 @@ def run(model_dir: Path, train: Path, out: Path, *extra) -> dict[str, float]:
     return text_cls.main(*args)
 
 
-class FakeHfApi:
-    """Stands in for huggingface_hub.HfApi: records the token and what would be uploaded."""
-
-    calls: ClassVar[list] = []
-
-    def __init__(self, token=None):
-        FakeHfApi.calls.append(("init", token or os.environ.get("HF_TOKEN")))
-
-    def create_repo(self, repo_id, **kwargs):
-        FakeHfApi.calls.append(("create_repo", repo_id))
-
-    def create_branch(self, repo_id, **kwargs):
-        FakeHfApi.calls.append(("create_branch", repo_id))
-
-    def upload_folder(self, **kwargs):
-        FakeHfApi.calls.append(("upload_folder", kwargs["allow_patterns"]))
-        return "https://huggingface.co/fake/commit"
-
-
 def pickle_globals(path: Path) -> set[str]:
     """The ``module.name`` globals a ``torch.save`` file's pickle references, read without unpickling."""
     with zipfile.ZipFile(path) as archive:
@@ -93,19 +74,19 @@ def pickle_globals(path: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_artifacts_are_safetensors_and_no_token_anywhere(tiny_bert_dir, data, tmp_path, monkeypatch, capfd, caplog):
-    import huggingface_hub
+def test_artifacts_are_safetensors_and_no_token_anywhere(
+    tiny_bert_dir, data, tmp_path, monkeypatch, capfd, caplog, fake_hub
+):
     from transformers.trainer_pt_utils import safe_globals
 
     caplog.set_level("INFO")
-    FakeHfApi.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     monkeypatch.setenv("HF_TOKEN", TOKEN_ENV)
     plain, lora = tmp_path / "plain", tmp_path / "lora"
     push = ["--push_to_hub", "true", "--log_level", "info"]
     run(tiny_bert_dir, data, plain, *push, "--hub_model_id", "me/plain")  # token from HF_TOKEN
     run(tiny_bert_dir, data, lora, *push, "--hub_model_id", "me/lora", "--lora", "true", "--hub_token", TOKEN_ARG)
-    tokens_used = [token for name, token in FakeHfApi.calls if name == "init"]
+    # HfApi(token=None) reads HF_TOKEN itself
+    tokens_used = [kw["token"] or os.environ.get("HF_TOKEN") for name, kw in fake_hub if name == "init"]
     assert tokens_used == [TOKEN_ENV, TOKEN_ARG]  # the tokens did flow to the push, so not seeing them below means something
 
     written = [p for out in (plain, lora) for p in out.rglob("*") if p.is_file()]
@@ -133,7 +114,7 @@ def test_artifacts_are_safetensors_and_no_token_anywhere(tiny_bert_dir, data, tm
     assert "Running training" in out + err + caplog.text  # the logs were captured, at info level
     for token in (TOKEN_ARG, TOKEN_ENV):
         assert token not in out and token not in err and token not in caplog.text
-    uploads = [files for name, files in FakeHfApi.calls if name == "upload_folder"]
+    uploads = [kw["allow_patterns"] for name, kw in fake_hub if name == "upload_folder"]
     assert len(uploads) == 2 and not [f for files in uploads for f in files if Path(f).suffix in PICKLE_SUFFIXES]
 
 

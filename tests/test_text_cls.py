@@ -242,29 +242,8 @@ def test_head_size_mismatch_is_an_error(tiny_bert_dir, tmp_path):
 # -- Hub: what would be pushed, and how -------------------------------------------------------------------------
 
 
-class FakeHfApi:
-    calls: list = []
-
-    def __init__(self, token=None):
-        FakeHfApi.calls.append(("init", {"token": token}))
-
-    def create_repo(self, repo_id, **kwargs):
-        FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-
-    def create_branch(self, repo_id, **kwargs):
-        FakeHfApi.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
-
-    def upload_folder(self, **kwargs):
-        FakeHfApi.calls.append(("upload_folder", kwargs))
-        return "https://huggingface.co/fake/commit"
-
-
 @pytest.mark.slow
-def test_push_sends_the_right_folder_repo_revision_and_privacy(tiny_bert_dir, tmp_path, monkeypatch):
-    import huggingface_hub
-
-    FakeHfApi.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+def test_push_sends_the_right_folder_repo_revision_and_privacy(tiny_bert_dir, tmp_path, monkeypatch, fake_hub):
     secret = "hf_" + "SeCrEt" * 6
     monkeypatch.setenv("HF_TOKEN", secret)
     train = write_csv(tmp_path / "train.csv", sentiment_rows(2))
@@ -272,7 +251,7 @@ def test_push_sends_the_right_folder_repo_revision_and_privacy(tiny_bert_dir, tm
     run(base_argv(tiny_bert_dir, train, out, "--push_to_hub", "true", "--hub_model_id", "me/sentiment",
                   "--hub_private_repo", "true", "--hub_revision", "v1", "--hub_token", secret,
                   "--save_strategy", "epoch", "--logging_steps", "1"))
-    calls = dict((name, kw) for name, kw in FakeHfApi.calls)
+    calls = dict(fake_hub)
     assert calls["init"]["token"] == secret
     assert calls["create_repo"]["repo_id"] == "me/sentiment" and calls["create_repo"]["private"] is True
     assert calls["create_branch"]["branch"] == "v1"
@@ -287,16 +266,12 @@ def test_push_sends_the_right_folder_repo_revision_and_privacy(tiny_bert_dir, tm
 
 
 @pytest.mark.slow
-def test_quality_gate_refuses_to_push(tiny_bert_dir, tmp_path, monkeypatch):
-    import huggingface_hub
-
-    FakeHfApi.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+def test_quality_gate_refuses_to_push(tiny_bert_dir, tmp_path, fake_hub):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(1))
     with pytest.raises(ValueError, match=r"not pushing: eval_accuracy = [\d.]+ is below the quality gate --push_min_metric=1.01"):
         run(base_argv(tiny_bert_dir, train, tmp_path / "out", "--num_train_epochs", "1", "--push_to_hub", "true",
                       "--hub_model_id", "me/x", "--push_min_metric", "1.01"))
-    assert FakeHfApi.calls == []
+    assert fake_hub == []
     assert (tmp_path / "out" / "model.safetensors").is_file()  # the result is kept locally
 
 

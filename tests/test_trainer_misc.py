@@ -366,31 +366,8 @@ def test_quality_gate():
         hub.quality_gate({"eval_accuracy": 1.0}, "f1", 0.5, greater_is_better=True)
 
 
-class FakeHfApi:
-    """Records the calls ``push_output`` makes, in order."""
-
-    calls: ClassVar[list] = []
-
-    def __init__(self, token=None):
-        FakeHfApi.calls.append(("init", {"token": token}))
-
-    def create_repo(self, repo_id, **kwargs):
-        FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-
-    def create_branch(self, repo_id, **kwargs):
-        FakeHfApi.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
-
-    def upload_folder(self, **kwargs):
-        FakeHfApi.calls.append(("upload_folder", kwargs))
-        return type("Commit", (), {"commit_url": f"https://hf.co/{kwargs['repo_id']}/commit/abc"})()
-
-
 @pytest.mark.parametrize("revision", ["dev", None])
-def test_push_output_calls_the_hub_api(revision, tmp_path, monkeypatch):
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
-    FakeHfApi.calls = []
+def test_push_output_calls_the_hub_api(revision, tmp_path, fake_hub):
     for name in ("model.safetensors", "config.json", "training_args.bin", "checkpoint-1/model.safetensors"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x")
@@ -399,9 +376,9 @@ def test_push_output_calls_the_hub_api(revision, tmp_path, monkeypatch):
     )
     url = hub.push_output(tmp_path, settings, commit_message="msg")
     assert url == "https://hf.co/me/tiny/commit/abc"
-    names = [c[0] for c in FakeHfApi.calls]
+    names = [c[0] for c in fake_hub]
     assert names == ["init", "create_repo", *(["create_branch"] if revision else []), "upload_folder"]
-    calls = dict(FakeHfApi.calls)
+    calls = dict(fake_hub)
     assert calls["init"] == {"token": "hf_SECRET"}
     assert calls["create_repo"] == {
         "repo_id": "me/tiny",
