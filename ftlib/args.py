@@ -330,7 +330,7 @@ class ImageDataArguments(DataArguments):
                           "kept); the saved image processor is changed to match. ViT-style models need their own size."},
     )
     augmentation: str = field(
-        default="standard",
+        default="light",
         metadata={"help": "Training augmentation preset: none, light (random resized crop + flip), standard (+ rotation, "
                           "colour jitter), strong (+ TrivialAugment, random erasing). Evaluation is resize + centre crop.",
                   "choices": ["none", "light", "standard", "strong"]},
