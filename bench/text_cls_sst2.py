@@ -26,9 +26,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import (  # noqa: E402
+import numpy as np
+from datasets import Dataset
+from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -86,6 +86,7 @@ def plain_trainer(train_rows, dev_rows, model_path, *, pad_to_max: bool, lr: flo
 def recipe(train_csv: Path, dev_csv: Path, out: str, *extra: str) -> dict:
     """The text recipe, called as a user would, with its defaults plus ``extra`` flags."""
     import text_cls
+
     from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
     from ftlib.cli import parse_args
 

@@ -32,4 +32,4 @@ def __getattr__(name: str):
 
 __version__ = "0.1.0"
 
-__all__ = sorted(_WHERE)
+__all__ = sorted(_WHERE)  # noqa: PLE0605 - a list, built from the lazy-export table

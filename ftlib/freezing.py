@@ -35,11 +35,11 @@ def layers_to_freeze(
     if embeddings:
         frozen.add(0)
     if lower_blocks:
-        frozen |= set(range(0, lower_blocks + 1))  # lower blocks sit on the embeddings: freeze them too
+        frozen |= set(range(lower_blocks + 1))  # lower blocks sit on the embeddings: freeze them too
     if top_blocks is not None:
-        frozen |= set(range(0, n - top_blocks + 1))
+        frozen |= set(range(n - top_blocks + 1))
     if head_only:
-        frozen |= set(range(0, n + 1))
+        frozen |= set(range(n + 1))
     return frozen
 
 

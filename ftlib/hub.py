@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def quality_gate(metrics: dict[str, float], metric: str, threshold: float | None
         raise ValueError(f"--push_min_metric: no '{key}' among the evaluation results ({', '.join(sorted(metrics))})")
     value = metrics[key]
     worse = value < threshold if greater_is_better else value > threshold
-    if worse or value != value:  # NaN never passes
+    if worse or math.isnan(value):  # NaN never passes
         relation = "below" if greater_is_better else "above"
         raise ValueError(f"not pushing: {key} = {value:.4f} is {relation} the quality gate --push_min_metric={threshold}")
 
@@ -126,8 +127,8 @@ def write_model_card(
     lines += [
         f"# {title}",
         "",
-        f"`{base_model}` fine-tuned for {task.replace('-', ' ')} on {dataset} with "
-        "[ftlib](https://github.com/ftlib/ftlib).",
+        (f"`{base_model}` fine-tuned for {task.replace('-', ' ')} on {dataset} with "
+         "[ftlib](https://github.com/ftlib/ftlib)."),
         "",
     ]
     if label_names:

@@ -71,9 +71,20 @@ def build_param_groups(
     return [groups[key] for key in sorted(groups)]
 
 
+# Trainer's --optim values whose optimizer needs the model itself (GaLore / APOLLO projections, LOMO's fused
+# update in the backward pass): they cannot take the parameter groups built here.
+MODEL_BUILT_OPTIMIZERS = ("galore", "apollo", "lomo", "adalomo")
+
+
 def resolve_optimizer(training_args: TrainingArguments, torch_optimizer: str | None, torch_kwargs: dict):
     """(optimizer class, kwargs without ``lr``): a ``torch.optim`` class named by the user, else Trainer's ``--optim``."""
     if torch_optimizer is None:
+        optim = getattr(training_args.optim, "value", training_args.optim)
+        if optim.startswith(MODEL_BUILT_OPTIMIZERS):
+            raise ValueError(
+                f"--optim {optim} builds its own parameter groups (or per-parameter hooks) from the model, which "
+                "replaces ftlib's layer-wise groups; choose another --optim or --torch_optimizer"
+            )
         cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args)
         kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
         return cls, kwargs

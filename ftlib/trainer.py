@@ -78,11 +78,14 @@ def class_weights_from_labels(spec: str | None, labels, num_labels: int, multi_l
 
 def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArguments) -> None:
     """Combinations that Trainer would only reject mid-run, rejected before anything loads."""
-    if ft_args.early_stopping_patience is not None:
-        if training_args.eval_strategy == "no" or not training_args.load_best_model_at_end:
-            raise ValueError(
-                "--early_stopping_patience needs --eval_strategy (epoch or steps) and --load_best_model_at_end true"
-            )
+    if ft_args.early_stopping_patience is not None and (
+        training_args.eval_strategy == "no" or not training_args.load_best_model_at_end
+    ):
+        raise ValueError(
+            "--early_stopping_patience needs --eval_strategy (epoch or steps) and --load_best_model_at_end true"
+        )
+    # an unknown optimizer name, a kwarg it does not take, a missing optional package: said now, not after loading
+    resolve_optimizer(training_args, ft_args.torch_optimizer, ft_args.optimizer_kwargs)
     if ft_args.push_min_metric is not None and not training_args.push_to_hub:
         logger.warning("--push_min_metric is set but --push_to_hub is not: nothing will be pushed")
 

@@ -6,10 +6,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys
+from pathlib import Path
+from typing import ClassVar
 
-import pytest  # noqa: E402
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -311,7 +312,7 @@ class FakeHfApi:
     """Stands in for ``huggingface_hub.HfApi``: records each call ``ftlib.hub.push_output`` makes, in order,
     as ``(method, keyword arguments)``."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def __init__(self, token=None):
         FakeHfApi.calls.append(("init", {"token": token}))

@@ -19,7 +19,6 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import text_cls

@@ -9,7 +9,6 @@ import pickle
 import shutil
 import subprocess
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest

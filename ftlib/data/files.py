@@ -57,7 +57,7 @@ def load_files(files: dict[str, str | None], cache_dir: str | None = None) -> Da
     for split, path in files.items():
         try:
             loaded = load_dataset(builder, data_files={split: str(path)}, cache_dir=cache_dir, **kwargs)[split]
-        except Exception as err:  # pyarrow / pandas parse errors name neither file nor split
+        except Exception as err:  # noqa: BLE001 - pyarrow / pandas parse errors name neither file nor split
             raise ValueError(f"cannot parse {path}: {err}") from None
         if len(loaded) == 0:
             raise ValueError(f"data file has no rows: {path}")
