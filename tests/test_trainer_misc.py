@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -304,11 +304,9 @@ def test_verify_command_exit_codes(tmp_path, capsys):
     (root / "model.safetensors").write_bytes(b"tampered")
     assert integrity.main([str(root)]) == 1
     assert capsys.readouterr().out.splitlines() == ["changed: model.safetensors", f"{root}: FAILED"]
-    script = shutil.which("ftlib-verify") or str(
-        Path(__file__).resolve().parents[1] / ".venv/bin/ftlib-verify"
-    )
-    if not Path(script).exists():
-        pytest.skip("ftlib-verify is not installed (pip install -e .)")
+    # the console script that `pip install -e .` puts beside the interpreter running the tests
+    script = Path(sys.executable).parent / "ftlib-verify"
+    assert script.exists(), f"{script} missing: the package's console scripts are not installed"
     done = subprocess.run([script, str(root)], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stdout.splitlines() == [
         "changed: model.safetensors",
