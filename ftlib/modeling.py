@@ -12,15 +12,19 @@ logger = logging.getLogger(__name__)
 _DEFAULT_NAME = re.compile(r"LABEL_\d+")
 
 
+def checkpoint_kwargs(model_args) -> dict:
+    """What every ``from_pretrained`` of the checkpoint shares: revision, cache, remote code (off unless asked)."""
+    return {
+        "revision": model_args.revision,
+        "cache_dir": model_args.cache_dir,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+
+
 def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str], problem_type: str, **extra):
     """The checkpoint's config with our labels. A checkpoint that already has a task head of another size
     is an error (its head would be dropped) unless ``--ignore_mismatched_sizes``."""
-    config = AutoConfig.from_pretrained(
-        model_args.path,
-        revision=model_args.revision,
-        cache_dir=model_args.cache_dir,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    config = AutoConfig.from_pretrained(model_args.path, **checkpoint_kwargs(model_args))
     has_head = any(a.endswith(("Classification", "ForTokenClassification")) for a in (config.architectures or []))
     if has_head and config.num_labels != num_labels and not model_args.ignore_mismatched_sizes:
         raise ValueError(
@@ -50,12 +54,8 @@ def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str]
 def load_model(auto_class, model_args, config):
     """``auto_class.from_pretrained`` with the recipe's safety settings (no remote code unless asked)."""
     return auto_class.from_pretrained(
-        model_args.path,
-        config=config,
-        revision=model_args.revision,
-        cache_dir=model_args.cache_dir,
-        trust_remote_code=model_args.trust_remote_code,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        model_args.path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **checkpoint_kwargs(model_args),
     )
 
 
@@ -63,21 +63,11 @@ def load_tokenizer(model_args):
     """``AutoTokenizer.from_pretrained`` for the checkpoint, with the same revision, cache and remote-code setting."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(
-        model_args.path,
-        revision=model_args.revision,
-        cache_dir=model_args.cache_dir,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    return AutoTokenizer.from_pretrained(model_args.path, **checkpoint_kwargs(model_args))
 
 
 def load_image_processor(model_args):
     """``AutoImageProcessor.from_pretrained`` for the checkpoint, with the same revision, cache and remote-code setting."""
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(
-        model_args.path,
-        revision=model_args.revision,
-        cache_dir=model_args.cache_dir,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    return AutoImageProcessor.from_pretrained(model_args.path, **checkpoint_kwargs(model_args))

@@ -34,6 +34,21 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return path
 
 
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 ViT backbone (no head: the recipe adds one) on 16x16 inputs, saved offline."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    path = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=37, architectures=["ViTModel"])
+    ViTModel(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    return path
+
 # --- core tests (freezing, optim, unfreeze, lora, trainer): a tiny BERT classifier and a trainer factory ---
 
 CORE_BERT = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2}

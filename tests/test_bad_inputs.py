@@ -19,9 +19,8 @@ import image_cls
 import pytest
 import text_cls
 import token_cls
-import torch
 from PIL import Image
-from transformers import TrainingArguments, ViTConfig, ViTImageProcessor, ViTModel
+from transformers import TrainingArguments
 
 from ftlib.args import (
     FineTuneArguments,
@@ -99,17 +98,6 @@ def write(path: Path, text: str) -> Path:
 def png(path: Path, colour: tuple[int, int, int]) -> str:
     Image.new("RGB", (8, 8), colour).save(path)
     return path.name
-
-
-@pytest.fixture(scope="module")
-def tiny_vit_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("bad-inputs-vit")
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37, architectures=["ViTModel"])
-    ViTModel(config).save_pretrained(path)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,6 @@ from transformers import (
     ResNetConfig,
     ResNetModel,
     TrainingArguments,
-    ViTConfig,
-    ViTImageProcessor,
-    ViTModel,
 )
 
 from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
@@ -44,18 +41,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory) -> Path:
-    """A 2-layer, hidden-32 ViT backbone (no head: the recipe adds one) on 16x16 inputs, saved offline."""
-    path = tmp_path_factory.mktemp("tiny-vit")
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37, architectures=["ViTModel"])
-    ViTModel(config).save_pretrained(path)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +103,7 @@ def train_losses(out: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_end_to_end_on_an_image_folder_writes_every_output(tiny_vit, tmp_path):
+def test_end_to_end_on_an_image_folder_writes_every_output(tiny_vit_dir, tmp_path):
     data = image_folder(tmp_path / "data", {"train": 8, "val": 3})
     test_dir = data / "test" / "red"
     test_dir.mkdir(parents=True)
@@ -126,7 +111,7 @@ def test_end_to_end_on_an_image_folder_writes_every_output(tiny_vit, tmp_path):
     for name, mode in modes.items():  # every mode converts to RGB, in the DataLoader worker
         colour_image("red", seed=7, mode=mode).save(test_dir / name)
     out = tmp_path / "out"
-    metrics = run(base_argv(tiny_vit, out, "--image_folder", data))  # default workers: decoding in a worker
+    metrics = run(base_argv(tiny_vit_dir, out, "--image_folder", data))  # default workers: decoding in a worker
 
     results = json.loads((out / "all_results.json").read_text())
     for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "test_accuracy"):
@@ -176,7 +161,7 @@ def test_multi_label_from_a_csv_on_a_resnet_with_a_smaller_image_size(tiny_resne
 
 
 @pytest.mark.slow
-def test_mixup_and_cutmix_apply_to_training_batches_only(tiny_vit, tmp_path, monkeypatch):
+def test_mixup_and_cutmix_apply_to_training_batches_only(tiny_vit_dir, tmp_path, monkeypatch):
     data = image_folder(tmp_path / "data", {"train": 8, "val": 3})
     calls = []
     original = fimg.MixupCutmix.__call__
@@ -188,7 +173,7 @@ def test_mixup_and_cutmix_apply_to_training_batches_only(tiny_vit, tmp_path, mon
 
     monkeypatch.setattr(fimg.MixupCutmix, "__call__", spy)
     out = tmp_path / "out"
-    metrics = run(base_argv(tiny_vit, out, "--image_folder", data, "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0",
+    metrics = run(base_argv(tiny_vit_dir, out, "--image_folder", data, "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0",
                             "--dataloader_num_workers", "0"))
     assert len(calls) == 9  # one per training step, none while evaluating
     assert all(labels.shape == (8, 3) and labels.dtype == torch.float32 for labels in calls)
@@ -199,10 +184,10 @@ def test_mixup_and_cutmix_apply_to_training_batches_only(tiny_vit, tmp_path, mon
 
 
 @pytest.mark.slow
-def test_lora_on_vit_trains_and_saves_only_the_adapters_and_the_head(tiny_vit, tmp_path):
+def test_lora_on_vit_trains_and_saves_only_the_adapters_and_the_head(tiny_vit_dir, tmp_path):
     data = image_folder(tmp_path / "data", {"train": 4, "val": 2})
     out = tmp_path / "out"
-    run(base_argv(tiny_vit, out, "--image_folder", data, "--lora", "true", "--lora_r", "4", "--num_train_epochs", "1",
+    run(base_argv(tiny_vit_dir, out, "--image_folder", data, "--lora", "true", "--lora_r", "4", "--num_train_epochs", "1",
                   "--dataloader_num_workers", "0"))
     assert not (out / "model.safetensors").exists() and (out / "preprocessor_config.json").is_file()
     saved = load_file(out / "adapter_model.safetensors")
@@ -220,24 +205,24 @@ def _truncate(path: Path) -> None:
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
 
 
-def test_a_corrupt_image_fails_before_training_naming_the_file(tiny_vit, tmp_path):
+def test_a_corrupt_image_fails_before_training_naming_the_file(tiny_vit_dir, tmp_path):
     data = image_folder(tmp_path / "data", {"train": 3, "val": 1})
     bad = data / "train" / "green" / "broken.jpg"
     _truncate(bad)
     out = tmp_path / "out"
     with pytest.raises(CorruptImageError, match="broken.jpg") as err:
-        run(base_argv(tiny_vit, out, "--image_folder", data))
+        run(base_argv(tiny_vit_dir, out, "--image_folder", data))
     assert err.value.path == str(bad)
     assert not (out / "trainer_state.json").exists() and not list(out.glob("checkpoint-*"))
 
 
 @pytest.mark.slow
-def test_skip_corrupt_images_drops_and_counts_them(tiny_vit, tmp_path):
+def test_skip_corrupt_images_drops_and_counts_them(tiny_vit_dir, tmp_path):
     data = image_folder(tmp_path / "data", {"train": 3, "val": 1})
     _truncate(data / "train" / "green" / "broken.jpg")
     (data / "val" / "red" / "notes.png").write_text("not an image")
     out = tmp_path / "out"
-    metrics = run(base_argv(tiny_vit, out, "--image_folder", data, "--skip_corrupt_images", "true",
+    metrics = run(base_argv(tiny_vit_dir, out, "--image_folder", data, "--skip_corrupt_images", "true",
                             "--max_steps", "1", "--dataloader_num_workers", "0"))
     results = json.loads((out / "all_results.json").read_text())
     assert results["skipped_images"] == 2 == metrics["skipped_images"]
