@@ -8,7 +8,9 @@ the command line: argparse converts and checks every value, and the last occurre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +18,14 @@ from typing import Any
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+
+logger = logging.getLogger("ftlib")
+
+# A recipe default must not silently cancel a strategy the user turned on: {strategy field: fields whose
+# *recipe* default is withdrawn (back to the dataclass default) while the strategy is on and the user did
+# not set them in the YAML or on the command line}. Gradual unfreezing (ULMFiT) thaws the embeddings last;
+# the text recipe's frozen-embeddings default would cancel that stage. A value the user sets always wins.
+STRATEGY_OVER_RECIPE_DEFAULTS = {"gradual_unfreeze": ("freeze_embeddings",)}
 
 
 class ConfigError(ValueError):
@@ -108,8 +118,20 @@ def parse_args(
     tokens: list[str] = []
     if config_path is not None:
         tokens = config_to_argv(load_config(config_path), parser, Path(config_path))
+    parsed = _parse(parser, tokens + argv, config_path)
+    withdrawn = _withdrawn_defaults(dataclass_types, parsed, defaults or {}, tokens + argv)
+    if withdrawn:
+        parser.set_defaults(**withdrawn)
+        parsed = _parse(parser, tokens + argv, config_path)
+    for instance in parsed:
+        if isinstance(instance, TrainingArguments):
+            check_training_args(instance)
+    return parsed
+
+
+def _parse(parser: _Parser, args: list[str], config_path: str | None) -> tuple:
     try:
-        parsed = tuple(parser.parse_args_into_dataclasses(args=tokens + argv))
+        return tuple(parser.parse_args_into_dataclasses(args=args))
     except ConfigError as err:
         where = f" (from {config_path} or the command line)" if config_path else ""
         raise ConfigError(f"{err}{where}") from None
@@ -117,10 +139,43 @@ def parse_args(
         if "Some specified arguments are not used" in str(err):
             raise ConfigError(str(err)) from None
         raise
-    for instance in parsed:
-        if isinstance(instance, TrainingArguments):
-            check_training_args(instance)
-    return parsed
+
+
+def explicit_keys(dataclass_types: Sequence[type], args: Sequence[str]) -> set[str]:
+    """The argument names that ``args`` (YAML tokens and command line, ``--config`` removed) set explicitly,
+    whatever the value: a default repeated by the user counts as the user's choice."""
+    parser = _Parser(dataclass_types)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    namespace, _ = parser.parse_known_args(list(args))
+    return set(vars(namespace))
+
+
+def _withdrawn_defaults(
+    dataclass_types: Sequence[type], parsed: tuple, defaults: dict[str, Any], args: list[str]
+) -> dict[str, Any]:
+    """Recipe defaults that a strategy the user turned on overrides (see ``STRATEGY_OVER_RECIPE_DEFAULTS``),
+    mapped to their dataclass defaults."""
+    candidates = {
+        name: strategy
+        for strategy, names in STRATEGY_OVER_RECIPE_DEFAULTS.items()
+        for name in names
+        if name in defaults and any(getattr(instance, strategy, None) for instance in parsed)
+    }
+    if not candidates:
+        return {}
+    explicit = explicit_keys(dataclass_types, args)
+    field_defaults = {
+        f.name: f.default for cls in dataclass_types if dataclasses.is_dataclass(cls) for f in dataclasses.fields(cls)
+    }
+    withdrawn = {name: field_defaults[name] for name in candidates if name not in explicit and name in field_defaults}
+    for name, value in withdrawn.items():
+        logger.info(
+            "--%s: the recipe default %s=%s is not applied (%s=%s); set --%s to choose it",
+            candidates[name], name, defaults[name], name, value, name,
+        )
+    return withdrawn
 
 
 def check_training_args(training_args: TrainingArguments) -> None:

@@ -119,9 +119,28 @@ def create_optimizer(groups: list[dict], cls: type, kwargs: dict) -> torch.optim
     return cls(groups, lr=first_lr, **defaults)
 
 
-def format_group_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> str:
-    """A table of the optimizer's groups: parameters, trainable or frozen, learning rate, weight decay."""
-    rows = [("group", "params", "trainable", "lr", "weight_decay")]
+def format_group_table(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    unfrozen_at: dict[str, str] | None = None,
+    anatomy: Anatomy | None = None,
+) -> str:
+    """A table of the optimizer's groups: parameters, trainable or frozen, learning rate, weight decay.
+
+    ``unfrozen_at`` (gradual unfreezing: parameter name -> ``"start"`` / ``"epoch K"`` / ``"step K"``) adds
+    a column saying when each group becomes trainable; a parameter it does not name is ``never`` unfrozen.
+    With ``anatomy`` the row of parameters left out of the optimizer names their layers."""
+    header = ("group", "params", "trainable", "lr", "weight_decay")
+    rows = [header + (("unfrozen at",) if unfrozen_at is not None else ())]
+    when = {}
+    if unfrozen_at is not None:
+        when = {id(p): unfrozen_at.get(name, "never") for name, p in model.named_parameters()}
+
+    def unfrozen(params) -> tuple[str, ...]:
+        if unfrozen_at is None:
+            return ()
+        return (", ".join(dict.fromkeys(when.get(id(p), "never") for p in params)),)
+
     grouped = set()
     for group in optimizer.param_groups:
         params = group["params"]
@@ -131,10 +150,16 @@ def format_group_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> st
         state = "yes" if n_train == n_all else ("frozen" if n_train == 0 else f"{n_train:,}")
         rows.append(
             (group.get("name", "?"), f"{n_all:,}", state, f"{group['lr']:.3g}", f"{group.get('weight_decay', 0.0):g}")
+            + unfrozen(params)
         )
-    outside = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in grouped)
+    left_out = {id(p): (name, p) for name, p in model.named_parameters() if id(p) not in grouped}
+    outside = sum(p.numel() for _, p in left_out.values())
     if outside:
-        rows.append(("not optimised (frozen)", f"{outside:,}", "frozen", "-", "-"))
+        label = "not optimised (frozen)"
+        if anatomy is not None:
+            names = anatomy.group_names()
+            label = f"{', '.join(dict.fromkeys(names[anatomy.layer_id(n)] for n, _ in left_out.values()))}: {label}"
+        rows.append((label, f"{outside:,}", "frozen", "-", "-") + (("never",) if unfrozen_at is not None else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -27,7 +27,7 @@ from ftlib.args import FineTuneArguments
 from ftlib.freezing import apply_freezing, count_parameters
 from ftlib.lora import apply_lora
 from ftlib.optim import build_param_groups, create_optimizer, format_group_table, resolve_optimizer
-from ftlib.unfreeze import GradualUnfreezeCallback, unfreeze_stages
+from ftlib.unfreeze import GradualUnfreezeCallback, staged_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +144,7 @@ class FtTrainer(Trainer):
         if ft_args.gradual_unfreeze:
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
                 raise ValueError("--gradual_unfreeze works with single-device and DDP runs, not FSDP or DeepSpeed")
-            layer_stages = unfreeze_stages(self.anatomy, ft_args.gradual_unfreeze_blocks)
-            trainable = [name for name, p in self.model.named_parameters() if p.requires_grad]
-            stages = [[n for n in trainable if self.anatomy.layer_id(n) in set(layers)] for layers in layer_stages]
+            stages = staged_parameters(self.model, self.anatomy, ft_args.gradual_unfreeze_blocks)
             self._gradual = GradualUnfreezeCallback(stages, ft_args.gradual_unfreeze, ft_args.gradual_unfreeze_unit)
             self.add_callback(self._gradual)
         if ft_args.early_stopping_patience is not None:
@@ -177,7 +175,9 @@ class FtTrainer(Trainer):
             # Freeze the later stages now, before the model is wrapped: DDP registers what requires grad.
             self._gradual.apply(opt_model, self._gradual.stage_at(self.state.global_step, self.state.epoch))
         self._wrapped_trainable = {id(p) for p in opt_model.parameters() if p.requires_grad}
-        self.group_table = format_group_table(opt_model, self.optimizer)
+        self.group_table = format_group_table(
+            opt_model, self.optimizer, self._gradual.schedule() if self._gradual else None, self.anatomy
+        )
         if self.is_world_process_zero():
             print(f"Optimizer {type(self.optimizer).__name__}, parameter groups:\n{self.group_table}", flush=True)
         return self.optimizer

@@ -30,6 +30,24 @@ def unfreeze_stages(anatomy: Anatomy, blocks_per_stage: int = 1) -> list[list[in
     return stages
 
 
+def staged_parameters(model, anatomy: Anatomy, blocks_per_stage: int = 1) -> list[list[str]]:
+    """Parameter names switched on at each stage (see :func:`unfreeze_stages`). Only what is trainable now is
+    staged: a parameter the freezing flags froze (``--freeze_embeddings``, ``--freeze_patterns``) stays frozen
+    for the whole run, which is logged, and the group table shows it as never unfrozen."""
+    layer_stages = unfreeze_stages(anatomy, blocks_per_stage)
+    staged_layers = {layer for layers in layer_stages for layer in layers}
+    named = list(model.named_parameters())
+    trainable = [name for name, p in named if p.requires_grad]
+    kept = {anatomy.layer_id(name) for name, p in named if not p.requires_grad and anatomy.layer_id(name) in staged_layers}
+    if kept:
+        labels = anatomy.group_names()
+        logger.info(
+            "gradual unfreezing: %s stay(s) frozen for the whole run (the freezing flags, e.g. --freeze_embeddings, win)",
+            ", ".join(labels[layer] for layer in sorted(kept)),
+        )
+    return [[n for n in trainable if anatomy.layer_id(n) in set(layers)] for layers in layer_stages]
+
+
 class GradualUnfreezeCallback(TrainerCallback, ExportableState):
     """Switches ``requires_grad`` on stage by stage at the start of optimizer steps.
 
@@ -65,6 +83,14 @@ class GradualUnfreezeCallback(TrainerCallback, ExportableState):
                 param.requires_grad_(False)
         self.unfrozen_stages = count
         return newly
+
+    def schedule(self) -> dict[str, str]:
+        """When each staged parameter becomes trainable: ``"start"``, or ``"epoch K"`` / ``"step K"``."""
+        return {
+            name: "start" if i == 0 else f"{self.unit} {i * self.every}"
+            for i, stage in enumerate(self.stages)
+            for name in stage
+        }
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         target = self.stage_at(state.global_step, state.epoch)

@@ -218,3 +218,24 @@ def test_good_strategy_arguments_parse():
     assert ft.layer_decay == 1.0 and ft.head_learning_rate == 1e-3
     assert ft.optimizer_kwargs == {"momentum": 0.9}
     assert ft.class_weights == "1,2.5" and ft.lora is True
+
+
+def test_recipe_default_does_not_cancel_gradual_unfreezing(tmp_path):
+    """The text recipe freezes the embeddings by default; with --gradual_unfreeze (and no freeze_embeddings of
+    the user's own) they thaw last, as ULMFiT does. A value the user sets, in the YAML or on the command line,
+    wins, whichever it is."""
+    import text_cls
+
+    def frozen(argv, config=None):
+        return parse(argv, config, tmp_path, defaults=text_cls.RECIPE_DEFAULTS)[2].freeze_embeddings
+
+    assert text_cls.RECIPE_DEFAULTS["freeze_embeddings"] is True
+    assert frozen(REQUIRED) is True  # the recipe default, no strategy in its way
+    assert frozen([*REQUIRED, "--gradual_unfreeze", "1"]) is False
+    assert frozen([*REQUIRED, "--gradual_unfreeze", "1", "--freeze_embeddings"]) is True
+    assert frozen([*REQUIRED, "--gradual_unfreeze", "1", "--freeze_embeddings", "true"]) is True
+    yaml_config = {**YAML, "gradual_unfreeze": 1, "freeze_patterns": None}
+    assert frozen([], yaml_config) is True  # YAML sets freeze_embeddings: true
+    assert frozen([], {k: v for k, v in yaml_config.items() if k != "freeze_embeddings"}) is False
+    assert frozen(["--freeze_embeddings", "false"], yaml_config) is False
+    assert parse([*REQUIRED, "--gradual_unfreeze", "1"])[2].freeze_embeddings is False  # no recipe defaults

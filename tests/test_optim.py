@@ -115,7 +115,7 @@ def test_group_table_printed_at_train_start(make_core_trainer, capsys):
     assert "Optimizer AdamW, parameter groups:" in printed
     rows = table_rows(printed)
     # frozen embeddings are not in the optimizer: the table says so, with their size
-    assert rows["not optimised (frozen)"][:2] == [f"{3136 + 64:,}", "frozen"]
+    assert rows["embeddings: not optimised (frozen)"][:2] == [f"{3136 + 64:,}", "frozen"]
     for layer, lr in EXPECTED.items():
         if layer == "embeddings":
             assert layer not in rows

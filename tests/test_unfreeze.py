@@ -5,6 +5,7 @@ one."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -131,3 +132,25 @@ def test_callback_rejects_bad_settings():
         GradualUnfreezeCallback([["a"]], every=1, unit="batch")
     cb = GradualUnfreezeCallback([["h"], ["b"], ["e"]], every=3, unit="epoch")
     assert [cb.stage_at(0, e) for e in (0.0, 2.99, 3.0, 5.5, 6.0, 60.0)] == [1, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize("freeze_embeddings", [False, True])
+def test_explicit_frozen_embeddings_stay_frozen_and_the_table_says_so(freeze_embeddings, make_core_trainer, core_data):
+    # ULMFiT thaws the embeddings with the lowest block (before step 6 here); --freeze_embeddings keeps them frozen
+    recorder = Recorder()
+    ft = FineTuneArguments(gradual_unfreeze=2, gradual_unfreeze_unit="step", freeze_embeddings=freeze_embeddings)
+    trainer = make_core_trainer(ft, callbacks=[recorder], train=core_data(8), max_steps=8)
+    recorder.anatomy = trainer.anatomy
+    embeddings = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if trainer.anatomy.layer_id(n) == 0}
+    trainer.train()
+    last = STAGE_LAYERS[4] - ({0} if freeze_embeddings else set())
+    assert recorder.trainable[6:] == [last, last]
+    moved = [n for n, p in trainer.model.named_parameters() if n in embeddings and not torch.equal(p, embeddings[n])]
+    assert (moved == []) == freeze_embeddings
+    rows = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line) for line in trainer.group_table.splitlines()[2:])}
+    if freeze_embeddings:  # left out of the optimizer, and said so
+        assert "embeddings" not in rows
+        assert rows["embeddings: not optimised (frozen)"] == [f"{3136 + 64:,}", "frozen", "-", "-", "never"]
+    else:
+        assert rows["embeddings"][-1] == "step 6"
+    assert rows["head"][-1] == "start" and rows["block 2"][-1] == "step 2", trainer.group_table
