@@ -18,8 +18,10 @@ from transformers import TrainingArguments, set_seed
 from ftlib.args import FineTuneArguments
 from ftlib.hub import (
     HubSettings,
+    check_push_access,
     files_to_push,
-    push_output,
+    push_command,
+    push_or_explain,
     quality_gate,
     take_hub_settings,
     write_model_card,
@@ -57,6 +59,8 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments) -> R
     transformers.utils.logging.set_verbosity(level)
     check_strategy_args(training_args, ft_args)
     hub = take_hub_settings(training_args)
+    if hub.push and training_args.process_index == 0:  # token, offline, reachable, write access: before anything is written
+        check_push_access(hub, later=push_command(training_args.output_dir, hub, ft_args.push_min_metric))
     resume = prepare_output_dir(
         training_args.output_dir,
         overwrite=ft_args.overwrite_output_dir,
@@ -160,7 +164,10 @@ def publish(
     if not trainer.is_world_process_zero():
         return
     output_dir = Path(trainer.args.output_dir)
-    summary = {**strategy_summary(ft_args, trainer.args), **(settings or {})}
+    metric = trainer.args.metric_for_best_model or "loss"  # the quality gate's metric, recorded for ftlib-push
+    greater = trainer.args.greater_is_better if trainer.args.greater_is_better is not None else metric != "loss"
+    summary = {**strategy_summary(ft_args, trainer.args), **(settings or {}), "metric_for_best_model": metric,
+               "greater_is_better": greater}
     library = "peft" if ft_args.lora and ft_args.lora_save == "adapter" else "transformers"
     write_model_card(
         output_dir,
@@ -177,10 +184,8 @@ def publish(
     (output_dir / "ftlib_strategy.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     write_manifest(output_dir, published=files_to_push(output_dir))
     if hub.push:
-        metric = trainer.args.metric_for_best_model or "loss"
-        greater = trainer.args.greater_is_better if trainer.args.greater_is_better is not None else metric != "loss"
         quality_gate(metrics, metric, ft_args.push_min_metric, greater)
-        url = push_output(output_dir, hub)
+        url = push_or_explain(output_dir, hub, ft_args.push_min_metric)
         logger.info("pushed to %s", url)
 
 

@@ -326,13 +326,24 @@ def tiny_bert_no_dropout_dir(tiny_bert_dir, tmp_path_factory) -> Path:
 
 
 class FakeHfApi:
-    """Stands in for ``huggingface_hub.HfApi``: records each call ``ftlib.hub.push_output`` makes, in order,
-    as ``(method, keyword arguments)``."""
+    """Stands in for ``huggingface_hub.HfApi``: records each call ``ftlib.hub`` makes, in order, as
+    ``(method, keyword arguments)``. ``identity``: what ``whoami`` answers (a user ``me`` with a write token);
+    ``errors``: an exception a method raises instead, by method name."""
 
     calls: ClassVar[list] = []
+    identity: ClassVar[dict] = {}
+    errors: ClassVar[dict] = {}
+    ME: ClassVar[dict] = {"type": "user", "name": "me", "orgs": [{"name": "my-org", "roleInOrg": "write"}],
+                          "auth": {"type": "access_token", "accessToken": {"displayName": "ci", "role": "write"}}}
 
     def __init__(self, token=None):
         FakeHfApi.calls.append(("init", {"token": token}))
+
+    def whoami(self):
+        FakeHfApi.calls.append(("whoami", {}))
+        if "whoami" in FakeHfApi.errors:
+            raise FakeHfApi.errors["whoami"]
+        return FakeHfApi.identity
 
     def create_repo(self, repo_id, **kwargs):
         FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
@@ -342,14 +353,21 @@ class FakeHfApi:
 
     def upload_folder(self, **kwargs):
         FakeHfApi.calls.append(("upload_folder", kwargs))
+        if "upload_folder" in FakeHfApi.errors:
+            raise FakeHfApi.errors["upload_folder"]
         return type("Commit", (), {"commit_url": f"https://hf.co/{kwargs['repo_id']}/commit/abc"})()
 
 
 @pytest.fixture
 def fake_hub(monkeypatch) -> list:
-    """No network: ``HfApi`` replaced by :class:`FakeHfApi`; returns the list its calls are recorded in."""
+    """No network: ``HfApi`` replaced by :class:`FakeHfApi`, the Hub "online" (``HF_HUB_OFFLINE`` off for
+    huggingface_hub: the fake needs no network) and a token available; returns the list of recorded calls."""
+    import copy
+
     import huggingface_hub
 
-    FakeHfApi.calls = []
+    FakeHfApi.calls, FakeHfApi.identity, FakeHfApi.errors = [], copy.deepcopy(FakeHfApi.ME), {}
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake_saved_login")
     return FakeHfApi.calls
