@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+
+def refuse_without(args, gate: str, active: bool, names: tuple[str, ...]) -> None:
+    """Flags that act only together with ``gate``: set to a non-default value while ``gate`` is off, they would
+    do nothing, so they are an error naming both (a flag a recipe accepts does something, or is refused)."""
+    if active:
+        return
+    defaults = {f.name: f.default for f in fields(args)}
+    given = [f"--{name}" for name in names if getattr(args, name) != defaults[name]]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} nothing without {gate}")
 
 
 @dataclass
@@ -80,7 +91,11 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training data (debugging, quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate evaluation data."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate test data."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for dataset.map."})
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Workers preparing the data before training: dataset.map processes (tokenising text and "
+                          "words), threads decoding every image once (image classification)."},
+    )
 
     def _source_fields(self) -> tuple[str, ...]:
         """The fields naming where the data comes from; exactly one is given (a recipe may add its own)."""
@@ -95,6 +110,11 @@ class DataArguments:
             raise ValueError(f"give {' or '.join(given)}, not {'both' if len(given) == 2 else 'several'}")
         if not 0.0 < self.validation_split_percentage < 100.0:
             raise ValueError(f"--validation_split_percentage must be in (0, 100), got {self.validation_split_percentage}")
+        refuse_without(self, "--dataset_name", self.dataset_name is not None,
+                       ("dataset_config_name", "train_split", "validation_split", "test_split"))
+        refuse_without(self, "--train_file", self.train_file is not None, ("validation_file", "test_file"))
+        if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 1:
+            raise ValueError(f"--preprocessing_num_workers must be >= 1, got {self.preprocessing_num_workers}")
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -219,6 +239,12 @@ class FineTuneArguments:
                 raise ValueError(f"--class_weights must all be positive, got {self.class_weights!r}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+        # flags that act only together with another one
+        refuse_without(self, "--lora", self.lora, ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"))
+        refuse_without(self, "--gradual_unfreeze", self.gradual_unfreeze > 0, ("gradual_unfreeze_unit", "gradual_unfreeze_blocks"))
+        refuse_without(self, "--early_stopping_patience", self.early_stopping_patience is not None,
+                       ("early_stopping_threshold",))
+        refuse_without(self, "--torch_optimizer", self.torch_optimizer is not None, ("torch_optimizer_kwargs",))
 
     @property
     def optimizer_kwargs(self) -> dict:
@@ -255,6 +281,7 @@ class TextDataArguments(DataArguments):
             raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
         if not 0.0 <= self.head_fraction <= 1.0:
             raise ValueError(f"--head_fraction must be in [0, 1], got {self.head_fraction}")
+        refuse_without(self, "--truncation head_tail", self.truncation == "head_tail", ("head_fraction",))
 
 
 @dataclass
@@ -293,6 +320,9 @@ class TokenDataArguments(DataArguments):
             raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
         if self.stride < 0:
             raise ValueError(f"--stride must be >= 0, got {self.stride}")
+        if self.label_column != "label":
+            raise ValueError(f"--label_column is not used by token classification (got {self.label_column!r}): "
+                             "the tags are --tags_column")
         if self.max_seq_length is not None and self.stride > self.max_seq_length // 2:
             raise ValueError(
                 f"--stride {self.stride} must be at most half of --max_seq_length ({self.max_seq_length}): "
@@ -367,6 +397,7 @@ class ImageDataArguments(DataArguments):
             raise ValueError(f"--mixup_alpha and --cutmix_alpha must be >= 0, got {self.mixup_alpha}, {self.cutmix_alpha}")
         if not 0.0 <= self.mixup_prob <= 1.0:
             raise ValueError(f"--mixup_prob must be in [0, 1], got {self.mixup_prob}")
+        refuse_without(self, "--mixup_alpha or --cutmix_alpha", self.mixing, ("mixup_prob",))
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"--image_size must be at least 8, got {self.image_size}")
         if self.skip_corrupt_images and not self.check_images:

@@ -51,11 +51,15 @@ def prepare_model(model: nn.Module, ft_args: FineTuneArguments, task_type: str |
     return model, anatomy
 
 
-def class_weights_from_labels(spec: str | None, labels, num_labels: int, multi_label: bool = False):
+def class_weights_from_labels(
+    spec: str | None, labels, num_labels: int, multi_label: bool = False, regression: bool = False
+):
     """Per-class loss weights: ``"balanced"`` from the training labels (positive weights for multi-label),
-    or explicit comma-separated numbers, one per label."""
+    or explicit comma-separated numbers, one per label. A regression task has no classes: weights are an error."""
     if spec is None:
         return None
+    if regression:
+        raise ValueError(f"--class_weights {spec}: the labels are numbers (regression), there are no classes to weight")
     if spec != "balanced":
         weights = [float(w) for w in spec.split(",")]
         if len(weights) != num_labels:

@@ -89,7 +89,8 @@ def main(
     )
     skipped: list[str] = []
     if data_args.check_images:
-        raw, skipped = scan_images(raw, data_args.image_column, skip_corrupt=data_args.skip_corrupt_images)
+        raw, skipped = scan_images(raw, data_args.image_column, skip_corrupt=data_args.skip_corrupt_images,
+                                   num_threads=data_args.preprocessing_num_workers)
         if skipped:
             more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
             logger.warning("skipped %d unreadable image(s): %s%s", len(skipped), ", ".join(skipped[:10]), more)
@@ -119,7 +120,8 @@ def main(
     set_best_metric(training_args, metric, greater)
     class_weights = class_weights_from_labels(
         ft_args.class_weights, raw["train"]["labels"], labels.num_labels, multi_label=labels.problem_type == MULTI,
-    ) if labels.problem_type in (SINGLE, MULTI) else None
+        regression=labels.problem_type not in (SINGLE, MULTI),
+    )
     mix = MixupCutmix(labels.num_labels, data_args.mixup_alpha, data_args.cutmix_alpha, data_args.mixup_prob) \
         if data_args.mixing else None
     trainer = FtTrainer(

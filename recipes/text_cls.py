@@ -94,8 +94,8 @@ def main(
     set_best_metric(training_args, metric, greater)
     class_weights = class_weights_from_labels(
         ft_args.class_weights, raw["train"]["labels"], labels.num_labels,
-        multi_label=labels.problem_type == "multi_label_classification",
-    ) if labels.problem_type != "regression" else None
+        multi_label=labels.problem_type == "multi_label_classification", regression=labels.problem_type == "regression",
+    )
     trainer = FtTrainer(
         model=model,
         args=training_args,

@@ -130,7 +130,7 @@ def main(
     with training_args.main_process_first(desc="tokenizing"):
         windows = {
             split: tokenize_dataset(raw[split], tokenizer, label2id, max_length, data_args.label_all_subtokens,
-                                    data_args.stride)
+                                    data_args.stride, num_proc=data_args.preprocessing_num_workers)
             for split in raw
         }
     inputs = {

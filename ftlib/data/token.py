@@ -514,13 +514,16 @@ def tokenize_dataset(
     label_all_subtokens: bool = False,
     stride: int = 0,
     batch_size: int = 1000,
+    num_proc: int | None = None,
 ) -> Dataset:
-    """`tokenize_and_align` over a whole dataset: one row per window, `example_index` global."""
+    """`tokenize_and_align` over a whole dataset: one row per window, `example_index` global (with `num_proc`
+    processes too: each works on a contiguous shard and sees the global row indices)."""
     return dataset.map(
         _tokenize_with_indices,
         batched=True,
         batch_size=batch_size,
         with_indices=True,
+        num_proc=num_proc,
         remove_columns=dataset.column_names,
         fn_kwargs={
             "tokenizer": tokenizer,
