@@ -184,6 +184,12 @@ class FineTuneArguments:
         default=None, metadata={"help": "Stop after N evaluations without improvement of metric_for_best_model."}
     )
     early_stopping_threshold: float = field(default=0.0, metadata={"help": "Minimum improvement that counts."})
+    # Evaluation
+    extra_metrics: list[str] | None = field(
+        default=None,
+        metadata={"help": "evaluate modules computed at every evaluation next to the built-in metrics: Hub names "
+                          "(online) or local module scripts / folders (offline); one that does not load is an error."},
+    )
     # Outputs and Hub
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output directory that holds a finished model."}

@@ -2,11 +2,14 @@
 
 Each ``*_metrics`` function takes predictions and references as arrays and returns a flat dict of
 floats, the shape Trainer logs; :func:`compute_metrics_fn` adapts one to Trainer's ``EvalPrediction``.
+``--extra_metrics`` adds any ``evaluate`` module next to them (:class:`ExtraMetrics`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import expit, softmax
@@ -84,19 +87,86 @@ def decode_logits(logits, problem_type: str, threshold: float = 0.5):
     return ids, probs[np.arange(len(ids)), ids]
 
 
-def compute_metrics_fn(problem_type: str, label_names: Sequence[str]) -> Callable:
-    """A Trainer ``compute_metrics`` for the problem type."""
+def compute_metrics_fn(problem_type: str, label_names: Sequence[str], extra: ExtraMetrics | None = None) -> Callable:
+    """A Trainer ``compute_metrics`` for the problem type; ``extra`` (``--extra_metrics``) adds evaluate modules,
+    given predicted and true class ids (0/1 rows for multi-label, values for regression)."""
 
     def compute(eval_pred) -> dict[str, float]:
         preds, _ = decode_logits(eval_pred.predictions, problem_type)
         refs = eval_pred.label_ids
         if problem_type == "regression":
-            return regression_metrics(preds, refs)
-        if problem_type == "multi_label_classification":
-            return multi_label_metrics(preds, refs, label_names)
-        return single_label_metrics(preds, refs, label_names)
+            metrics = regression_metrics(preds, refs)
+        elif problem_type == "multi_label_classification":
+            metrics = multi_label_metrics(preds, refs, label_names)
+            preds, refs = np.asarray(preds).astype(int), np.asarray(refs).astype(int)
+        else:
+            metrics = single_label_metrics(preds, refs, label_names)
+        if extra is not None:
+            metrics.update(extra(preds, refs, metrics))
+        return metrics
 
     return compute
+
+
+logger = logging.getLogger(__name__)
+
+
+class ExtraMetrics:
+    """``evaluate`` modules computed at every evaluation next to the built-in metrics (``--extra_metrics``).
+
+    Each result key is logged as ``<module>`` when it is the module's name, else ``<module>_<key>``
+    (``evaluate_`` in front when a built-in metric has that name); nested dicts are flattened with ``_``, and
+    values that are not numbers (per-class arrays) are left out, with a warning."""
+
+    def __init__(self, modules: dict[str, Any]):
+        self.modules = modules  # what the user named -> loaded module
+        self._warned: set[str] = set()
+
+    def __call__(self, predictions, references, builtin: dict[str, float] | None = None) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for given, module in self.modules.items():
+            try:
+                result = module.compute(predictions=list(predictions), references=list(references))
+            except Exception as err:  # noqa: BLE001 - any failure inside a user's module: name it and the flag
+                raise ValueError(f"--extra_metrics {given}: the evaluate module failed: {type(err).__name__}: {err}") \
+                    from None
+            for key, value in _flatten(result or {}).items():
+                name = module.name if key == module.name else f"{module.name}_{key}"
+                name = f"evaluate_{name}" if name in (builtin or {}) else name
+                if isinstance(value, (bool, int, float, np.integer, np.floating)):
+                    out[name] = float(value)
+                elif name not in self._warned:
+                    self._warned.add(name)
+                    logger.warning("--extra_metrics %s: '%s' is not a number (%s); not logged", given, key,
+                                   type(value).__name__)
+        return out
+
+
+def _flatten(result: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}_"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_extra_metrics(names: Sequence[str] | None) -> ExtraMetrics | None:
+    """Load ``--extra_metrics`` with ``evaluate.load``: a Hub name (online), or a local module script or folder.
+    A module that does not load is an error naming it, raised before any data or model loads."""
+    if not names:
+        return None
+    import evaluate
+
+    modules = {}
+    for name in names:
+        try:
+            modules[name] = evaluate.load(name)
+        except Exception as err:  # noqa: BLE001 - missing file, offline Hub, a broken script: all name the module
+            raise ValueError(f"--extra_metrics {name}: cannot load the evaluate module ({type(err).__name__}: {err})") \
+                from None
+    return ExtraMetrics(modules)
 
 
 def default_metric(problem_type: str) -> tuple[str, bool]:

@@ -42,7 +42,7 @@ from ftlib.data.image import (
     scan_images,
 )
 from ftlib.data.labels import MULTI, SINGLE, prepare_splits
-from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric
+from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_image_processor, load_model
 from ftlib.run import (
     TRAINING_DEFAULTS,
@@ -80,6 +80,7 @@ def main(
 ) -> dict[str, float]:
     # -- start: logging, output directory, Hub settings, seed
     run = start_run(training_args, ft_args)
+    extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data: image references (paths, or undecoded bytes) and labels; pixels are decoded later, in the workers
     raw = load_image_data(data_args, model_args.cache_dir)
@@ -131,7 +132,7 @@ def main(
         eval_dataset=data["validation"],
         processing_class=processor,
         data_collator=image_collate,
-        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names),
+        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names, extra_metrics),
         ft_args=ft_args,
         anatomy=anatomy,
         class_weights=class_weights,

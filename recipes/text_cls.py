@@ -24,7 +24,7 @@ from ftlib.cli import parse_args
 from ftlib.data.files import load_data
 from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
-from ftlib.metrics import compute_metrics_fn, default_metric
+from ftlib.metrics import compute_metrics_fn, default_metric, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.run import (
     TRAINING_DEFAULTS,
@@ -62,6 +62,7 @@ def main(
 ) -> dict[str, float]:
     # -- start: logging, output directory, Hub settings, seed
     run = start_run(training_args, ft_args)
+    extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data
     raw = load_data(data_args, model_args.cache_dir)
@@ -103,7 +104,7 @@ def main(
         eval_dataset=encoded["validation"],
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None),
-        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names),
+        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names, extra_metrics),
         ft_args=ft_args,
         anatomy=anatomy,
         class_weights=class_weights,

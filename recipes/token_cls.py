@@ -46,6 +46,7 @@ from ftlib.data.token import (
     words_predictions,
     write_conll_predictions,
 )
+from ftlib.metrics import ExtraMetrics, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.run import TRAINING_DEFAULTS, predict, publish, save_model, set_best_metric, start_run, train
 from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
@@ -71,10 +72,13 @@ def load_sentences(data_args: TokenDataArguments, cache_dir: str | None = None) 
 class WordMetrics:
     """Trainer ``compute_metrics`` on words. The Trainer hands over window-level predictions (argmax ids, in
     dataset order) of the split being evaluated, ``self.split``; each word is read once, from the window that
-    labels it, so the entity scores are those of the original sentences."""
+    labels it, so the entity scores are those of the original sentences. ``extra`` (``--extra_metrics``) gets the
+    predicted and true tags of every sentence, as seqeval-style lists of tag strings."""
 
-    def __init__(self, sentences: DatasetDict, windows: dict[str, Dataset], id2label: dict[int, str], scheme: str):
+    def __init__(self, sentences: DatasetDict, windows: dict[str, Dataset], id2label: dict[int, str], scheme: str,
+                 extra: ExtraMetrics | None = None):
         self.sentences, self.windows, self.id2label, self.scheme = sentences, windows, id2label, scheme
+        self.extra = extra
         self.split = "validation"
 
     def tags(self, pred_ids, split: str) -> list[list[str]]:
@@ -82,7 +86,11 @@ class WordMetrics:
 
     def __call__(self, eval_pred) -> dict[str, float]:
         predicted = self.tags(eval_pred.predictions, self.split)
-        return token_cls_metrics(self.sentences[self.split]["tags"], predicted, self.scheme)
+        gold = self.sentences[self.split]["tags"]
+        metrics = token_cls_metrics(gold, predicted, self.scheme)
+        if self.extra is not None:
+            metrics.update(self.extra(predicted, gold, metrics))
+        return metrics
 
 
 def argmax_logits(logits, labels):
@@ -98,6 +106,7 @@ def main(
 ) -> dict[str, float]:
     # -- start: logging, output directory, Hub settings, seed
     run = start_run(training_args, ft_args)
+    extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data: words and string tags per sentence
     raw = load_sentences(data_args, model_args.cache_dir)
@@ -140,7 +149,7 @@ def main(
 
     # -- trainer
     set_best_metric(training_args, "f1", True)
-    word_metrics = WordMetrics(raw, windows, id2label, scheme)
+    word_metrics = WordMetrics(raw, windows, id2label, scheme, extra_metrics)
     class_weights = class_weights_from_labels(
         ft_args.class_weights, [i for row in windows["train"]["labels"] for i in row if i != IGNORE_INDEX], len(names)
     )
