@@ -91,6 +91,11 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training data (debugging, quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate evaluation data."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate test data."})
+    drop_empty: bool = field(
+        default=False,
+        metadata={"help": "Drop train and validation rows whose input (text, image, words) is empty; without it they "
+                          "are counted and warned about, and more than 5% of a split is an error. Test rows are kept."},
+    )
     preprocessing_num_workers: int | None = field(
         default=None,
         metadata={"help": "Workers preparing the data before training: dataset.map processes (tokenising text and "

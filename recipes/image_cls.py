@@ -30,6 +30,7 @@ from transformers import AutoModelForImageClassification, TrainingArguments
 from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
 from ftlib.checkpoints import public_name
 from ftlib.cli import parse_args
+from ftlib.data.files import check_empty_inputs
 from ftlib.data.image import (
     ImageTransform,
     MixupCutmix,
@@ -84,6 +85,7 @@ def main(
 
     # -- data: image references (paths, or undecoded bytes) and labels; pixels are decoded later, in the workers
     raw = load_image_data(data_args, model_args.cache_dir)
+    raw = check_empty_inputs(raw, [data_args.image_column], data_args, "image")
     raw, labels = prepare_splits(
         raw, data_args, [data_args.image_column, data_args.id_column], training_args.seed, data_args.problem_type,
         data_args.label_separator,

@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
 from ftlib.checkpoints import public_name
 from ftlib.cli import parse_args
-from ftlib.data.files import load_data
+from ftlib.data.files import check_empty_inputs, load_data
 from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
 from ftlib.metrics import compute_metrics_fn, default_metric, load_extra_metrics
@@ -66,6 +66,7 @@ def main(
 
     # -- data
     raw = load_data(data_args, model_args.cache_dir)
+    raw = check_empty_inputs(raw, [data_args.text_column, data_args.text_pair_column], data_args, "text")
     raw, labels = prepare_splits(
         raw, data_args, [data_args.text_column, data_args.text_pair_column, data_args.id_column], training_args.seed,
         data_args.problem_type, data_args.label_separator,

@@ -32,7 +32,7 @@ from transformers import (
 from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
 from ftlib.checkpoints import public_name
 from ftlib.cli import parse_args
-from ftlib.data.files import limit_samples, load_data, source_name
+from ftlib.data.files import check_empty_inputs, limit_samples, load_data, source_name
 from ftlib.data.text import effective_max_length
 from ftlib.data.token import (
     IGNORE_INDEX,
@@ -109,7 +109,7 @@ def main(
     extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data: words and string tags per sentence
-    raw = load_sentences(data_args, model_args.cache_dir)
+    raw = check_empty_inputs(load_sentences(data_args, model_args.cache_dir), ["tokens"], data_args, "sentence")
     sources = {split: source_name(data_args, split) for split in raw}
 
     # -- labels: the scheme, every split checked against it, tags from train (an unseen one is an error)

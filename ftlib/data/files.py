@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import csv
+import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset
+
+logger = logging.getLogger("ftlib")
+
+# Empty inputs above this share of a split are an error (a wrong column, a broken export), not a warning.
+EMPTY_SHARE_LIMIT = 0.05
 
 # extension -> (datasets builder, extra builder kwargs)
 BUILDERS = {
@@ -126,3 +134,65 @@ def limit_samples(data: DatasetDict, data_args) -> DatasetDict:
         if split in data and limit is not None:
             data[split] = data[split].select(range(min(limit, len(data[split]))))
     return data
+
+
+def is_empty(value: Any) -> bool:
+    """An input with nothing in it: a missing cell, a blank string, an empty word list, an image with neither
+    bytes nor a path."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, dict):
+        return not value.get("bytes") and not value.get("path")
+    if isinstance(value, (list, tuple)):
+        return len(value) == 0
+    return False
+
+
+def empty_rows(dataset: Dataset, columns: Sequence[str | None], batch_size: int = 1000) -> list[int]:
+    """Indices of the rows where any of ``columns`` (those the dataset has) is empty (see :func:`is_empty`)."""
+    columns = [c for c in columns if c and c in dataset.column_names]
+    if not columns:
+        return []
+    plain = dataset.select_columns(columns).with_format(None)
+    rows = []
+    for start in range(0, len(plain), batch_size):  # batches: an image column may hold bytes
+        batch = plain[start : start + batch_size]
+        for offset in range(len(batch[columns[0]])):
+            if any(is_empty(batch[c][offset]) for c in columns):
+                rows.append(start + offset)
+    return rows
+
+
+def check_empty_inputs(raw: DatasetDict, columns: Sequence[str | None], data_args, what: str) -> DatasetDict:
+    """Count the rows of each split whose input ``columns`` are empty and say so: a warning with the count and
+    the first data rows (1 = the first row under a header); an error when they are more than
+    ``EMPTY_SHARE_LIMIT`` of a split, or all of it. With ``--drop_empty`` train and validation rows are dropped
+    (test rows are kept: each still gets a prediction)."""
+    named = " / ".join(f"'{c}'" for c in columns if c)
+    drop_empty = data_args.drop_empty
+    for split in list(raw):
+        rows = empty_rows(raw[split], columns)
+        if not rows:
+            continue
+        n, total = len(rows), len(raw[split])
+        source = source_name(data_args, split)
+        first = ", ".join(str(r + 1) for r in rows[:10]) + (", ..." if n > 10 else "")
+        where = f"{n} of {total} rows have an empty {what} ({named}; data row{'s' if n > 1 else ''} {first})"
+        drop = drop_empty and split != "test"
+        if n == total:
+            raise ValueError(f"{source}: every row has an empty {what} ({named}); is that the right column?")
+        if drop:
+            empty = set(rows)
+            raw[split] = raw[split].select([i for i in range(total) if i not in empty])
+            logger.warning("%s: %s; dropped (--drop_empty)", source, where)
+        elif n > EMPTY_SHARE_LIMIT * total:
+            raise ValueError(
+                f"{source}: {where}, more than {EMPTY_SHARE_LIMIT:.0%} of the split; check the column, or pass "
+                "--drop_empty to train without them"
+            )
+        else:
+            keep = "kept: each gets a prediction" if split == "test" else "--drop_empty drops them"
+            logger.warning("%s: %s and go in as empty input (%s)", source, where, keep)
+    return raw

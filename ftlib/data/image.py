@@ -113,7 +113,7 @@ def resolve_paths(dataset: Dataset, column: str, base: str | os.PathLike) -> Dat
     def absolute(batch: dict[str, list]) -> dict[str, list]:
         out = []
         for raw in batch[column]:
-            path = Path(str(raw).strip()).expanduser() if raw is not None else None
+            path = Path(str(raw).strip()).expanduser() if raw is not None and str(raw).strip() else None
             out.append(None if path is None else str(path if path.is_absolute() else base / path))
         return {column: out}
 
