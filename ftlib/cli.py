@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import json
 import logging
 import sys
@@ -61,8 +62,13 @@ def _as_tokens(key: str, value: Any, action: argparse.Action, source: Path) -> l
     if isinstance(value, dict):
         return [f"--{key}={json.dumps(value)}"]
     if isinstance(value, (list, tuple)):
+        if not takes_list and len(value) <= 1:
+            # TrainingArguments turns some single values into lists (report_to, fsdp): a saved config holds them so
+            return [f"--{key}={_scalar(value[0])}"] if value else []
         if not takes_list:
             raise ConfigError(f"{source}: key '{key}' takes a single value, got a list {value!r}")
+        if not value:
+            return []  # an empty list: the default (argparse cannot take "--key" with no values)
         return [f"--{key}", *(_scalar(v) for v in value)]
     return [f"--{key}={_scalar(value)}"]
 
@@ -108,10 +114,13 @@ def parse_args(
     """Parse ``--config file.yaml`` plus command-line overrides into one instance per dataclass.
 
     ``defaults`` are a recipe's own defaults (e.g. length grouping for text); the YAML file overrides
-    them and the command line overrides both.
+    them and the command line overrides both. ``--print_config`` prints the merged result as YAML
+    (:func:`config_yaml`) and exits.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path, argv = _pop_config(argv)
+    print_config = "--print_config" in argv  # print the merged configuration and exit: nothing loads
+    argv = [token for token in argv if token != "--print_config"]
     parser = _Parser(dataclass_types)
     if defaults:
         parser.set_defaults(**defaults)
@@ -126,7 +135,45 @@ def parse_args(
     for instance in parsed:
         if isinstance(instance, TrainingArguments):
             check_training_args(instance)
+    if print_config:
+        print(config_yaml(parsed), end="")
+        raise SystemExit(0)
     return parsed
+
+
+# Never written to a config file or printed: a token in config.yaml would be pushed with the model.
+SECRET_FIELDS = ("hub_token",)
+
+
+def effective_config(instances: Sequence[Any]) -> dict[str, Any]:
+    """Every field of the parsed dataclasses (defaults included), as plain YAML values: what the run uses.
+    ``--config`` on this mapping reproduces the arguments; secrets (``SECRET_FIELDS``) are left out."""
+    config: dict[str, Any] = {}
+    for instance in instances:
+        for f in dataclasses.fields(instance):
+            if not f.init or f.name in SECRET_FIELDS:
+                continue
+            config[f.name] = _plain(getattr(instance, f.name))
+    return config
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_yaml(instances: Sequence[Any]) -> str:
+    """:func:`effective_config` as YAML, one key a line, in the order of the dataclasses' fields."""
+    header = "# The effective configuration of this run (all arguments, defaults included).\n"
+    header += "# Reproduce it with: --config config.yaml (command-line flags override it).\n"
+    return header + yaml.safe_dump(effective_config(instances), sort_keys=False, allow_unicode=True)
 
 
 def _parse(parser: _Parser, args: list[str], config_path: str | None) -> tuple:

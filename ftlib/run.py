@@ -16,6 +16,7 @@ import transformers
 from transformers import TrainingArguments, set_seed
 
 from ftlib.args import FineTuneArguments
+from ftlib.cli import config_yaml
 from ftlib.hub import (
     HubSettings,
     check_push_access,
@@ -43,14 +44,19 @@ TRAINING_DEFAULTS = {
 }
 
 
+CONFIG_FILE = "config.yaml"
+
+
 @dataclass
 class RunStart:
     resume_from: str | None
     hub: HubSettings
 
 
-def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments) -> RunStart:
-    """Logging on the main process, every check that needs no model or data, and the seed."""
+def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *other_args) -> RunStart:
+    """Logging on the main process, every check that needs no model or data, the seed, and ``config.yaml``
+    in the output directory: the effective configuration of the run (``other_args``: the recipe's model and
+    data arguments), from which ``--config`` reproduces it."""
     level = training_args.get_process_log_level()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     # ftlib's own messages (trainable parameters, resume, unfreezing stages) show on the main process
@@ -67,6 +73,9 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments) -> R
         resume_from_checkpoint=training_args.resume_from_checkpoint,
         world_size=training_args.world_size,
     )
+    if training_args.process_index == 0:
+        config = config_yaml((*other_args, ft_args, training_args))
+        (Path(training_args.output_dir) / CONFIG_FILE).write_text(config, encoding="utf-8")
     set_seed(training_args.seed)
     return RunStart(resume, hub)
 

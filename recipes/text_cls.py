@@ -61,7 +61,7 @@ def main(
     training_args: TrainingArguments,
 ) -> dict[str, float]:
     # -- start: logging, output directory, Hub settings, seed
-    run = start_run(training_args, ft_args)
+    run = start_run(training_args, ft_args, model_args, data_args)
     extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data

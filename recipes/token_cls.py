@@ -49,7 +49,7 @@ from ftlib.data.token import (
 from ftlib.metrics import ExtraMetrics, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.run import TRAINING_DEFAULTS, predict, publish, save_model, set_best_metric, start_run, train
-from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
+from ftlib.trainer import FtTrainer, class_weights_from_labels, labelled_tokens_per_batch, prepare_model
 
 # Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
 RECIPE_DEFAULTS = {
@@ -105,7 +105,7 @@ def main(
     training_args: TrainingArguments,
 ) -> dict[str, float]:
     # -- start: logging, output directory, Hub settings, seed
-    run = start_run(training_args, ft_args)
+    run = start_run(training_args, ft_args, model_args, data_args)
     extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data: words and string tags per sentence
@@ -150,9 +150,13 @@ def main(
     # -- trainer
     set_best_metric(training_args, "f1", True)
     word_metrics = WordMetrics(raw, windows, id2label, scheme, extra_metrics)
+    train_labels = windows["train"]["labels"]
     class_weights = class_weights_from_labels(
-        ft_args.class_weights, [i for row in windows["train"]["labels"] for i in row if i != IGNORE_INDEX], len(names)
+        ft_args.class_weights, [i for row in train_labels for i in row if i != IGNORE_INDEX], len(names)
     )
+    # every labelled token the same weight, whatever the length of the sentences batched with it (see compute_loss)
+    tokens_per_batch = (labelled_tokens_per_batch(train_labels, training_args.per_device_train_batch_size, class_weights)
+                        if data_args.loss_per_token else None)
     trainer = FtTrainer(
         model=model,
         args=training_args,
@@ -167,6 +171,7 @@ def main(
         ft_args=ft_args,
         anatomy=anatomy,
         class_weights=class_weights,
+        token_loss_normalizer=tokens_per_batch,
     )
 
     # -- train

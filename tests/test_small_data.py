@@ -106,10 +106,10 @@ def test_head_warmup_trains_the_head_alone_first(warmup, body_from, make_core_tr
     head = {n for n in initial if layer[n] == HEAD}
     for step, grads in enumerate(snaps.trainable):
         assert grads == (head if step < body_from else set(initial)), step
-    for name in initial:
+    for name, value in initial.items():
         if layer[name] != HEAD:
-            assert torch.equal(snaps.after[body_from - 1][name], initial[name]), name  # untouched until then
-            assert not torch.equal(snaps.after[body_from][name], initial[name]), name
+            assert torch.equal(snaps.after[body_from - 1][name], value), name  # untouched until then
+            assert not torch.equal(snaps.after[body_from][name], value), name
     assert trainer._gradual.every == body_from
 
 
@@ -148,18 +148,20 @@ def test_weight_average_is_evaluated_and_kept(kind, make_core_trainer, core_data
 
 def test_evaluation_during_training_sees_the_average(make_core_trainer, core_data):
     class EvalWeights(TrainerCallback):
-        seen = []
+        def __init__(self):
+            self.seen = []
 
         def on_evaluate(self, args, state, control, model=None, **kwargs):
             self.seen.append(model.bert.encoder.layer[1].attention.self.query.weight.detach().clone())
 
-    trainer = make_core_trainer(FineTuneArguments(weight_averaging="ema", ema_decay=0.6), callbacks=[EvalWeights()],
+    recorder = EvalWeights()
+    trainer = make_core_trainer(FineTuneArguments(weight_averaging="ema", ema_decay=0.6), callbacks=[recorder],
                                 max_steps=4, eval=core_data(8, seed=1), eval_strategy="steps", eval_steps=2)
     trainer.train()
     averaging = trainer._averaging
-    assert len(EvalWeights.seen) == 2
+    assert len(recorder.seen) == 2
     # after training the model holds the average; during the step-4 evaluation it held the same values
-    assert torch.equal(EvalWeights.seen[1], trainer.model.bert.encoder.layer[1].attention.self.query.weight)
+    assert torch.equal(recorder.seen[1], trainer.model.bert.encoder.layer[1].attention.self.query.weight)
     assert averaging.finished
 
 
