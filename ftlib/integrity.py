@@ -19,8 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST = "MANIFEST.sha256.json"
-# Not part of a result: written by tools that read the directory, or the manifest itself.
-IGNORED = {MANIFEST, ".gitattributes"}
+# Not part of a result: written by tools that read the directory, the manifest itself, or the lock of the run
+# that writes the directory (ftlib.outputs.LOCK_FILE, present until that run ends).
+IGNORED = {MANIFEST, ".gitattributes", ".ftlib-run.lock"}
 IGNORED_DIRS = {".cache", ".git", ".huggingface"}
 
 

@@ -1,20 +1,28 @@
 """The output directory: refuse to destroy a finished result, resume an interrupted one, fail early
-when it cannot be written."""
+when it cannot be written, and belong to one run at a time (:func:`lock_output_dir`)."""
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 # A directory holding any of these holds a finished model (plain, adapter, or a recipe's results).
 FINISHED_MARKERS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "all_results.json")
+# Held (flock) by the main process of the run that owns the directory; names that run. Never pushed (hub.NOT_PUSHED:
+# ".ftlib-*"), never in the manifest (integrity.IGNORED), removed when the run releases it.
+LOCK_FILE = ".ftlib-run.lock"
+_held: dict[str, tuple[int, int]] = {}  # lock file path -> (descriptor, pid) for the directories this process holds
 
 
 def prepare_output_dir(
@@ -71,6 +79,103 @@ def prepare_output_dir(
     if last is not None:
         logger.warning("resuming from %s (pass --overwrite_output_dir to start over)", last)
     return last
+
+
+def output_dir_holder(output_dir: str | os.PathLike) -> str | None:
+    """Who holds ``output_dir`` (``pid ... on host ..., started ...``) when another live run does, else None.
+    Writes nothing: an unheld lock file left by a killed run is free."""
+    path = Path(output_dir) / LOCK_FILE
+    if str(path.absolute()) in _held:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _describe_holder(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _describe_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        holder = {}
+    if not holder.get("pid"):
+        return "a run that is starting"
+    return f"pid {holder['pid']} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
+
+
+def check_not_in_use(output_dir: str | os.PathLike) -> None:
+    """Raise, naming the holder, when another live run holds ``output_dir`` (see :func:`lock_output_dir`)."""
+    holder = output_dir_holder(output_dir)
+    if holder is not None:
+        raise _in_use(output_dir, holder)
+
+
+def _in_use(output_dir, holder: str) -> ValueError:
+    return ValueError(
+        f"--output_dir {output_dir} is in use by another run ({holder}); wait until it ends or choose another "
+        f"--output_dir (its lock, {LOCK_FILE}, goes away with that process)"
+    )
+
+
+def lock_output_dir(output_dir: str | os.PathLike) -> None:
+    """Take ``output_dir`` for this run (the main process, after :func:`prepare_output_dir`): an exclusive
+    ``flock`` on :data:`LOCK_FILE`, which records pid, host and start time. The kernel drops it when the
+    process ends, however it ends; :func:`release_output_dir` (or the exit) removes the file. Raises naming
+    the holder when another run has it. Taking a directory this process already holds does nothing."""
+    path = Path(output_dir) / LOCK_FILE
+    key = str(path.absolute())
+    if key in _held:
+        return
+    for _ in range(10):  # the holder may remove the file between our open and our lock: then lock the new one
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(fd)
+            os.close(fd)
+            raise _in_use(output_dir, holder) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise _in_use(output_dir, "another run keeps replacing its lock")
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    if not _held:
+        atexit.register(_release_all)
+    _held[key] = (fd, os.getpid())
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    """Give ``output_dir`` up: remove the lock file, then unlock (nothing when this process does not hold it)."""
+    key = str((Path(output_dir) / LOCK_FILE).absolute())
+    fd, pid = _held.pop(key, (None, None))
+    if fd is None or pid != os.getpid():  # a forked child (data workers) never releases its parent's lock
+        return
+    try:
+        os.unlink(key)  # while still locked: a run that opened it meanwhile finds it gone and retries
+    except FileNotFoundError:
+        pass
+    os.close(fd)  # closing the only descriptor drops the flock
+
+
+def _release_all() -> None:
+    for key in list(_held):
+        release_output_dir(Path(key).parent)
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike, world_size: int = 1) -> str | None:

@@ -28,8 +28,16 @@ from ftlib.hub import (
     write_model_card,
 )
 from ftlib.integrity import write_manifest
+from ftlib.launch import check_launch
 from ftlib.lora import save_lora
-from ftlib.outputs import check_free_space, checkpoint_bytes, prepare_output_dir
+from ftlib.outputs import (
+    check_free_space,
+    check_not_in_use,
+    checkpoint_bytes,
+    lock_output_dir,
+    prepare_output_dir,
+    release_output_dir,
+)
 from ftlib.trainer import check_strategy_args
 
 logger = logging.getLogger("ftlib")
@@ -63,21 +71,52 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *oth
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+    check_launch(training_args, ft_args)  # launched processes, engine and strategy agree, or stop before any write
     check_strategy_args(training_args, ft_args)
     hub = take_hub_settings(training_args)
     if hub.push and training_args.process_index == 0:  # token, offline, reachable, write access: before anything is written
         check_push_access(hub, later=push_command(training_args.output_dir, hub, ft_args.push_min_metric))
-    resume = prepare_output_dir(
-        training_args.output_dir,
-        overwrite=ft_args.overwrite_output_dir,
-        resume_from_checkpoint=training_args.resume_from_checkpoint,
-        world_size=training_args.world_size,
-    )
+    resume = claim_output_dir(training_args, ft_args)
     if training_args.process_index == 0:
         config = config_yaml((*other_args, ft_args, training_args))
         (Path(training_args.output_dir) / CONFIG_FILE).write_text(config, encoding="utf-8")
     set_seed(training_args.seed)
     return RunStart(resume, hub)
+
+
+def claim_output_dir(training_args: TrainingArguments, ft_args: FineTuneArguments) -> str | None:
+    """Check and take ``--output_dir`` for this run; returns the checkpoint to resume from, if any.
+
+    The main process refuses a directory another run holds (naming it, before writing anything there), runs
+    :func:`prepare_output_dir` and locks the directory (:func:`lock_output_dir`, released at the end of
+    :func:`publish` or when the process ends). The other processes learn its verdict, so that all of them stop
+    together, and then check the directory themselves."""
+    output_dir = training_args.output_dir
+
+    def prepare():
+        return prepare_output_dir(output_dir, overwrite=ft_args.overwrite_output_dir,
+                                  resume_from_checkpoint=training_args.resume_from_checkpoint,
+                                  world_size=training_args.world_size)
+
+    error, resume = None, None
+    if training_args.process_index == 0:
+        try:
+            check_not_in_use(output_dir)  # writes nothing
+            resume = prepare()
+            lock_output_dir(output_dir)  # raises naming the holder when another run took it since the check
+        except ValueError as err:
+            error = err
+    if training_args.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            verdict = [None if error is None else str(error)]
+            dist.broadcast_object_list(verdict, src=0)
+            if verdict[0] is not None and error is None:
+                raise ValueError(verdict[0])
+    if error is not None:
+        raise error
+    return resume if training_args.process_index == 0 else prepare()
 
 
 def set_best_metric(training_args: TrainingArguments, metric: str, greater_is_better: bool) -> None:
@@ -196,6 +235,7 @@ def publish(
         quality_gate(metrics, metric, ft_args.push_min_metric, greater)
         url = push_or_explain(output_dir, hub, ft_args.push_min_metric)
         logger.info("pushed to %s", url)
+    release_output_dir(output_dir)  # the run is done with it
 
 
 def write_predictions(path: str | Path, ids, label_names: list[str], predictions, scores, problem_type: str) -> Path:

@@ -130,6 +130,7 @@ row's unpadded token ids) and, with FTTEST_PAUSE, stops rank 0 at a chosen point
 so that a test can SIGKILL the processes there (other ranks run on until they wait for rank 0):
   step:N[:M]  before micro-batch M (default 0) of optimizer step N
   midsave:N   while checkpoint-N is half written (weights and optimizer saved, RNG and trainer state not yet)
+  hold:N      before optimizer step N until the test creates FTTEST_DIR/release, then on (no kill needed)
 """
 
 import importlib.abc
@@ -138,13 +139,13 @@ import os
 import sys
 
 
-def _pause(trainer, where):
+def _pause(trainer, where, until=None):
     import time
 
     with open(os.path.join(os.environ["FTTEST_DIR"], f"paused.rank{trainer.args.process_index}"), "w") as handle:
         handle.write(where)
-    while True:  # until the test's SIGKILL
-        time.sleep(1)
+    while until is None or not os.path.exists(until):  # until the test's SIGKILL, or until it creates ``until``
+        time.sleep(1 if until is None else 0.1)
 
 
 def _patch(module):
@@ -164,6 +165,8 @@ def _patch(module):
         self._fttest_step, self._fttest_micro = step, micro
         if kind == "step" and [step, micro] == at and self.args.process_index == 0:
             _pause(self, f"before step {step}, micro-batch {micro}")
+        if kind == "hold" and [step, micro] == at and self.args.process_index == 0:
+            _pause(self, f"held before step {step}", until=os.path.join(os.environ["FTTEST_DIR"], "release"))
         rows = [
             hashlib.sha1(json.dumps([t for t, m in zip(ids, mask) if m]).encode()).hexdigest()[:12]
             for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())

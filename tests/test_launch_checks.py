@@ -1,0 +1,283 @@
+"""Launch checks (issue 11, part 1): a launch whose processes, engine and strategy disagree with what Trainer
+will do stops before it writes anything, and an output directory belongs to one run at a time.
+
+The rules are checked in-process on stand-ins of the launch (environment as ``accelerate launch`` sets it);
+the end-to-end tests launch 2 real CPU processes (gloo) as tests/test_multiprocess.py does."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import ROOT
+from test_multiprocess import MAX_STEPS, command, free_port
+from test_resume import sentiment_csv
+from transformers import TrainingArguments
+from transformers.training_args import ParallelMode
+
+from ftlib import launch
+from ftlib.args import FineTuneArguments
+from ftlib.hub import files_to_push
+from ftlib.integrity import IGNORED, verify_manifest, write_manifest
+from ftlib.launch import check_launch
+from ftlib.outputs import (
+    FINISHED_MARKERS,
+    LOCK_FILE,
+    check_not_in_use,
+    lock_output_dir,
+    prepare_output_dir,
+    release_output_dir,
+)
+
+FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+FSDP1 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_USE_ORIG_PARAMS": "false"}
+ZERO3 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
+TWO = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+
+
+def distributed_args(**overrides):
+    """What TrainingArguments say on a GPU machine where the engine took the processes (DeepSpeed's cannot be
+    built here: it needs the package)."""
+    return SimpleNamespace(parallel_mode=ParallelMode.DISTRIBUTED, use_cpu=False, fsdp=None, deepspeed=None, **overrides)
+
+
+# --- the rules, in-process --------------------------------------------------------------------------------
+
+
+def test_processes_that_trainer_would_not_distribute_are_refused(tmp_path):
+    args = TrainingArguments(str(tmp_path / "out"), report_to="none")  # no --use_cpu, no GPU: not distributed
+    assert args.parallel_mode == ParallelMode.NOT_PARALLEL
+    with pytest.raises(ValueError) as err:
+        check_launch(args, FineTuneArguments(), env=TWO)
+    message = str(err.value)
+    assert message.startswith("2 processes were launched (WORLD_SIZE=2) but Trainer would not distribute them")
+    assert "add --use_cpu true to the recipe's flags on a machine without GPUs: accelerate launch --multi_gpu " \
+           "--num_processes 2 " in message and message.endswith(" ... --use_cpu true")
+    check_launch(args, FineTuneArguments(), env={})  # one process: nothing to refuse
+    check_launch(args, FineTuneArguments(), env={"WORLD_SIZE": "1"})
+
+
+@pytest.mark.parametrize("use_cpu", [False, True])
+def test_fsdp_and_deepspeed_without_gpus_are_refused(tmp_path, use_cpu):
+    args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=use_cpu)
+    why = "--use_cpu true is set" if use_cpu else "this machine has no GPU"
+    with pytest.raises(ValueError, match="^the accelerate config \\(distributed_type: FSDP\\) asks for FSDP, which shards "
+                       f"the model over GPUs, but {why}: .* run data-parallel on CPU instead"):
+        check_launch(args, FineTuneArguments(), env={**FSDP2, **TWO})
+    fsdp_args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=use_cpu, fsdp=True)
+    with pytest.raises(ValueError, match="^--fsdp asks for FSDP"):
+        check_launch(fsdp_args, FineTuneArguments(), env={})
+    stand_in = SimpleNamespace(parallel_mode=ParallelMode.NOT_PARALLEL, use_cpu=use_cpu, fsdp=None, deepspeed=None)
+    with pytest.raises(ValueError, match="DEEPSPEED\\) asks for DeepSpeed"):
+        check_launch(stand_in, FineTuneArguments(), env=ZERO3)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setattr(launch, "_accelerator_devices", lambda: 2)
+
+
+STRATEGY_CASES = [  # (env, strategy, refusal or None)
+    (FSDP2, {"gradual_unfreeze": 1}, "^--gradual_unfreeze works with single-device and DDP runs, not FSDP or DeepSpeed"),
+    (ZERO2, {"gradual_unfreeze": 1}, "^--gradual_unfreeze works with single-device and DDP runs"),
+    (FSDP2, {"head_warmup_steps": 5}, "^--head_warmup_steps works with single-device and DDP runs, not FSDP or DeepSpeed"),
+    (ZERO2, {"head_warmup_steps": 0.1}, "^--head_warmup_steps works with single-device and DDP runs"),
+    (FSDP2, {"lora": True, "lora_save": "merged"}, "^--lora_save merged needs the whole model in one process, but FSDP"),
+    (ZERO3, {"lora": True, "lora_save": "merged"}, "^--lora_save merged needs .* but DeepSpeed ZeRO-3 \\(.*\\(--lora_save adapter\\)"),
+    (ZERO2, {"lora": True, "lora_save": "merged"}, None),  # ZeRO-2 keeps whole weights on every process
+    (FSDP2, {"lora": True}, None),
+    (FSDP2, {"layer_decay": 0.8, "head_learning_rate": 1e-3, "freeze_embeddings": True}, None),  # FSDP2: per-parameter
+    (FSDP1, {"layer_decay": 0.8, "head_learning_rate": 1e-3},
+     "^FSDP v1 without use_orig_params .* \\(--layer_decay, --head_learning_rate\\): set fsdp_use_orig_params: true"),
+    (FSDP1, {"freeze_lower_blocks": 1}, "cannot apply \\(--freeze_lower_blocks\\)"),
+    (FSDP1, {}, "cannot apply \\(no weight decay on biases and norms \\(always on\\)\\)"),
+    ({**FSDP1, "FSDP_USE_ORIG_PARAMS": "true"}, {"layer_decay": 0.8, "freeze_embeddings": True}, None),
+    ({}, {"gradual_unfreeze": 1, "lora": True, "lora_save": "merged", "layer_decay": 0.8}, None),  # DDP: all fine
+]
+
+
+@pytest.mark.parametrize(("env", "strategy", "refusal"), STRATEGY_CASES)
+def test_strategies_the_engine_cannot_run_are_refused(two_gpus, env, strategy, refusal):
+    ft_args = FineTuneArguments(**strategy)
+    if refusal is None:
+        check_launch(distributed_args(), ft_args, env={**env, **TWO})
+    else:
+        with pytest.raises(ValueError, match=refusal):
+            check_launch(distributed_args(), ft_args, env={**env, **TWO})
+
+
+def test_more_engine_processes_than_gpus_are_refused(two_gpus):
+    with pytest.raises(ValueError, match=r"^FSDP \(.*\) with 4 processes on this machine, which has 2 GPU\(s\): "
+                                         r"launch one process per GPU \(--num_processes 2\)"):
+        check_launch(distributed_args(), FineTuneArguments(), env={**FSDP2, "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"})
+    check_launch(distributed_args(), FineTuneArguments(), env={**FSDP2, "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"})
+
+
+# --- the output-directory lock, in-process against a real second process -----------------------------------
+
+HOLDER = """import sys, time
+from ftlib.outputs import lock_output_dir
+lock_output_dir(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def start_holder(out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "locked\n"
+    return proc
+
+
+def test_lock_names_its_holder_and_dies_with_it(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = start_holder(out)
+    try:
+        info = json.loads((out / LOCK_FILE).read_text())
+        assert info["pid"] == holder.pid and info["host"] == os.uname().nodename
+        expected = re.escape(f"--output_dir {out} is in use by another run (pid {holder.pid} on host {info['host']}, "
+                             f"started {info['started']}); wait until it ends or choose another --output_dir")
+        with pytest.raises(ValueError, match=expected):
+            check_not_in_use(out)
+        before = (out / LOCK_FILE).read_bytes()
+        with pytest.raises(ValueError, match=expected):
+            lock_output_dir(out)
+        assert (out / LOCK_FILE).read_bytes() == before  # the refused side changed nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (out / LOCK_FILE).is_file()  # a killed holder leaves its file, but no lock: the directory is free
+    check_not_in_use(out)
+    lock_output_dir(out)
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock_output_dir(out)  # this process holds it already: nothing happens
+    release_output_dir(out)
+    assert not (out / LOCK_FILE).exists()
+    release_output_dir(out)  # not held: nothing happens
+
+
+def test_lock_file_is_no_result(tmp_path):
+    """Not a finished-model marker, not in the manifest, not pushed; the manifest verifies with or without it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    lock_output_dir(out)
+    try:
+        assert LOCK_FILE not in FINISHED_MARKERS and LOCK_FILE in IGNORED
+        assert prepare_output_dir(out) is None  # a directory holding only the lock is not a finished model
+        (out / "model.safetensors").write_bytes(b"weights")
+        write_manifest(out, published=files_to_push(out))
+        manifest = json.loads((out / "MANIFEST.sha256.json").read_text())
+        assert sorted(manifest["files"]) == manifest["published"] == ["model.safetensors"]
+        assert verify_manifest(out) == []
+    finally:
+        release_output_dir(out)
+    assert verify_manifest(out) == []
+    (out / LOCK_FILE).write_text('{"pid": 1}')  # left by a killed run
+    assert verify_manifest(out) == [] and verify_manifest(out, snapshot=True) == []
+
+
+# --- real 2-process launches on CPU --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("launch-data")
+    return sentiment_csv(folder / "train.csv", 16), sentiment_csv(folder / "val.csv", 8, offset=100)
+
+
+def fails(process, timeout: float = 300) -> str:
+    """Wait for a non-zero exit; returns the log."""
+    try:
+        code = process.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process._kill()
+        pytest.fail(f"timed out after {timeout}s:\n{process.log()[-3000:]}")
+    log = process.log()
+    assert code != 0, f"exit code 0, a refusal was expected:\n{log[-3000:]}"
+    return log
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def recipe_flags(cmd: list) -> list:
+    return cmd[cmd.index("recipes/text_cls.py"):]
+
+
+@pytest.mark.slow
+def test_two_processes_without_use_cpu_stop_before_writing(tiny_bert_dir, data, tmp_path, recipe_process):
+    """The README's old line for two CPU processes (without --use_cpu true): refused, nothing written."""
+    out = tmp_path / "out"
+    cmd = command(tiny_bert_dir, data, out, 2)
+    at = cmd.index("--use_cpu")
+    del cmd[at:at + 2]
+    log = fails(recipe_process(cmd, tmp_path / "rec"))
+    assert log.count("ValueError: 2 processes were launched (WORLD_SIZE=2) but Trainer would not distribute them") == 2
+    assert "add --use_cpu true to the recipe's flags on a machine without GPUs: accelerate launch --multi_gpu " \
+           "--num_processes 2 recipes/text_cls.py ... --use_cpu true" in log
+    assert not out.exists()
+    assert "Optimizer" not in log  # no model built
+
+
+@pytest.mark.slow
+def test_fsdp_config_on_cpu_is_refused(tiny_bert_dir, data, tmp_path, recipe_process):
+    """The shipped FSDP config, 2 processes on this GPU-less machine: refused before anything is written."""
+    out = tmp_path / "out"
+    flags = recipe_flags(command(tiny_bert_dir, data, out, 2))
+    at = flags.index("--use_cpu")
+    del flags[at:at + 2]
+    launcher = [Path(sys.executable).with_name("accelerate"), "launch", "--config_file", "accelerate_configs/fsdp.yaml",
+                "--num_processes", 2, "--mixed_precision", "no", "--main_process_port", free_port()]
+    log = fails(recipe_process([*launcher, *flags], tmp_path / "rec"))
+    assert log.count("ValueError: the accelerate config (distributed_type: FSDP) asks for FSDP, which shards the model "
+                     "over GPUs, but this machine has no GPU") == 2
+    assert "accelerate launch --multi_gpu --num_processes 2 recipes/text_cls.py ... --use_cpu true" in log
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_concurrent_runs_on_one_output_dir(tiny_bert_dir, data, tmp_path, recipe_process):
+    """A 2-process run holds its output directory: a second 2-process run there (another seed) refuses naming
+    the first's main process and changes nothing; the first finishes normally and releases the directory;
+    a later run refuses the finished directory and leaves it byte-identical."""
+    out = tmp_path / "out"
+    first = recipe_process(command(tiny_bert_dir, data, out, 2), tmp_path / "rec-first", pause="hold:3")
+    deadline = time.monotonic() + 300
+    while not (first.record_dir / "paused.rank0").is_file():
+        assert first.proc.poll() is None and time.monotonic() < deadline, first.log()[-3000:]
+        time.sleep(0.1)
+    pid = int((first.record_dir / "pid.0").read_text())
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == pid
+    held = snapshot(out)
+    assert {"config.yaml", "checkpoint-2/trainer_state.json", LOCK_FILE} <= set(held)
+
+    cmd = command(tiny_bert_dir, data, out, 2)
+    cmd[cmd.index("--seed") + 1] = "4"
+    log = fails(recipe_process(cmd, tmp_path / "rec-second"))
+    assert log.count(f"ValueError: --output_dir {out} is in use by another run (pid {pid} on host ") == 2  # both ranks
+    assert "Optimizer" not in log
+    assert snapshot(out) == held
+
+    (first.record_dir / "release").touch()
+    first.wait()
+    assert verify_manifest(out) == []
+    assert "seed: 3\n" in (out / "config.yaml").read_text()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == MAX_STEPS
+    assert not (out / LOCK_FILE).exists()  # released at the end of the run
+
+    finished = snapshot(out)
+    log = fails(recipe_process(command(tiny_bert_dir, data, out, 1), tmp_path / "rec-third"))
+    assert f"ValueError: --output_dir {out} already holds a finished model" in log
+    assert snapshot(out) == finished
