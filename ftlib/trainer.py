@@ -29,6 +29,7 @@ from ftlib.freezing import apply_freezing, count_parameters
 from ftlib.lora import apply_lora
 from ftlib.optim import build_param_groups, create_optimizer, format_group_table, resolve_optimizer
 from ftlib.small_data import WeightAveragingCallback, budget_epochs, reinit_top_blocks
+from ftlib.tracking import GroupLearningRateCallback
 from ftlib.unfreeze import GradualUnfreezeCallback, staged_parameters
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,9 @@ class FtTrainer(Trainer):
             self.add_callback(self._averaging)
         if ft_args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(ft_args.early_stopping_patience, ft_args.early_stopping_threshold))
+        # lr/<group> and unfreeze/stage in every training log, ahead of the trackers (ftlib.tracking)
+        GroupLearningRateCallback.install(self, (lambda: self._gradual.unfrozen_stages) if self._gradual else None)
+        self.last_eval_output = None  # the latest "eval" predictions and labels, for the report (ftlib.report)
 
     # -- training budget -----------------------------------------------------------------------------
     def planned_steps(self) -> int:
@@ -229,6 +233,12 @@ class FtTrainer(Trainer):
             return super().evaluate(*args, **kwargs)
         finally:
             averaging.swap()
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        if kwargs.get("metric_key_prefix", "eval") == "eval":
+            self.last_eval_output = output
+        return output
 
     # -- optimizer ---------------------------------------------------------------------------------
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
