@@ -22,6 +22,7 @@ import fnmatch
 import json
 import logging
 import math
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -318,6 +319,21 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+CARD_FIGURES = {
+    "losses.png": "Loss", "metric.png": "Headline metric", "grad_norm.png": "Gradient norm",
+    "learning_rates.png": "Learning rate per parameter group", "confusion_matrix.png": "Confusion matrix",
+    "entity_scores.png": "Per entity type", "calibration.png": "Calibration", "top_losses.png": "Top losses",
+}
+
+
+def hub_id(name: str | None) -> str | None:
+    """``name`` when it can be a Hub repository id (``user/name`` or a canonical ``name``), None for a local path."""
+    if not name or Path(name).expanduser().exists() or not HUB_ID.match(name) or name.count("/") > 1:
+        return None
+    return name
+
+
 def write_model_card(
     output_dir: str | Path,
     *,
@@ -330,33 +346,54 @@ def write_model_card(
     library: str = "transformers",
     label_names: list[str] | None = None,
     repo_id: str | None = None,
+    report: list[str] | None = None,
 ) -> Path:
-    """Write ``README.md``: Hub metadata, then the data, base checkpoint, strategy and metrics in prose."""
+    """Write ``README.md`` with huggingface_hub's ``ModelCard``: metadata (``model-index`` with the headline
+    metrics; ``base_model`` and ``datasets`` only when they are Hub ids), then the data, base checkpoint, headline
+    metrics, the report's figures (``report``: paths relative to ``output_dir``) and the strategy in prose.
+    Per-class figures are left to the report."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from ftlib.report import per_class_metric
+
     headline = {k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and "runtime" not in k
-                and "per_second" not in k}
-    meta = {
-        "library_name": library,
-        "base_model": base_model,
-        "pipeline_tag": task,
-        "tags": ["ftlib", "fine-tuned", task],
-    }
-    lines = ["---"] + [f"{k}: {json.dumps(v)}" for k, v in meta.items()] + ["---", ""]
+                and "per_second" not in k and not per_class_metric(k)}
     title = repo_id or Path(output_dir).name
-    lines += [
+    data_id = hub_id(dataset)
+    results = [
+        EvalResult(task_type=task, dataset_type=data_id or "local", dataset_name=str(dataset), metric_type=k.split("_", 1)[1],
+                   metric_value=float(v), metric_name=k, dataset_split="validation" if k.startswith("eval_") else "test")
+        for k, v in headline.items()
+        if isinstance(v, (int, float)) and math.isfinite(v) and not k.endswith(("_samples", "_loss", "_epoch"))
+    ]
+    data = ModelCardData(
+        library_name=library, base_model=hub_id(base_model), datasets=[data_id] if data_id else None,
+        pipeline_tag=task, tags=["ftlib", "fine-tuned", task], model_name=title, eval_results=results or None,
+    )
+    lines = [
         f"# {title}",
         "",
-        (f"`{base_model}` fine-tuned for {task.replace('-', ' ')} on {dataset} with "
-         "[ftlib](https://github.com/ftlib/ftlib)."),
+        f"`{base_model}` fine-tuned for {task.replace('-', ' ')} on {dataset} with ftlib.",
         "",
     ]
     if label_names:
         lines += [f"Labels: {', '.join(f'`{n}`' for n in label_names)}.", ""]
     lines += ["## Results", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(headline.items())] or ["| (none) | |"]
+    if report:
+        lines += ["", "## Training report", "", ("Per-class figures, curves and the examples the model gets "
+                  "most wrong, from `report/` (regenerate with `ftlib-report DIR`)."), ""]
+        for rel in report:
+            name = Path(rel).name
+            if name.endswith(".png"):
+                lines += [f"![{CARD_FIGURES.get(name, name)}]({rel})", ""]
+            elif name.endswith(".md"):
+                lines += [f"[Top losses (validation)]({rel})", ""]
     lines += ["", "## Fine-tuning strategy", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in strategy.items()]
     if group_table:
         lines += ["", "Optimizer parameter groups at the start of training:", "", "```", group_table, "```"]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
     path = Path(output_dir) / "README.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    card.save(path)
     return path

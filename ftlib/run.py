@@ -38,6 +38,7 @@ from ftlib.outputs import (
     prepare_output_dir,
     release_output_dir,
 )
+from ftlib.report import EvalExamples, report_from_trainer
 from ftlib.trainer import check_strategy_args
 
 logger = logging.getLogger("ftlib")
@@ -206,9 +207,12 @@ def publish(
     dataset: str,
     label_names: list[str] | None = None,
     settings: dict[str, Any] | None = None,
+    report: EvalExamples | None = None,
 ) -> None:
-    """Write the model card and manifest; push behind the quality gate when asked (main process only).
-    ``settings``: a recipe's own settings that shaped the run (augmentation, image size), shown with the strategy."""
+    """Write the report, the model card and manifest; push behind the quality gate when asked (main process only).
+    ``settings``: a recipe's own settings that shaped the run (augmentation, image size), shown with the strategy.
+    ``report``: the validation rows of the last evaluation, for the report's confusion matrix, calibration and
+    top losses (:mod:`ftlib.report`; without them it has the training curves)."""
     if not trainer.is_world_process_zero():
         return
     output_dir = Path(trainer.args.output_dir)
@@ -217,6 +221,7 @@ def publish(
     summary = {**strategy_summary(ft_args, trainer.args), **(settings or {}), "metric_for_best_model": metric,
                "greater_is_better": greater}
     library = "peft" if ft_args.lora and ft_args.lora_save == "adapter" else "transformers"
+    figures = report_from_trainer(trainer, report, label_names, metric)
     write_model_card(
         output_dir,
         base_model=base_model,
@@ -228,6 +233,7 @@ def publish(
         library=library,
         label_names=label_names,
         repo_id=hub.repo_id,
+        report=[p.relative_to(output_dir).as_posix() for p in figures],
     )
     (output_dir / "ftlib_strategy.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     write_manifest(output_dir, published=files_to_push(output_dir))

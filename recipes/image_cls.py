@@ -45,6 +45,7 @@ from ftlib.data.image import (
 from ftlib.data.labels import MULTI, SINGLE, prepare_splits
 from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_image_processor, load_model
+from ftlib.report import EvalExamples
 from ftlib.run import (
     TRAINING_DEFAULTS,
     predict,
@@ -164,6 +165,7 @@ def main(
         trainer, ft_args, run.hub, metrics, base_model=public_name(model_args.model_name_or_path),
         task="image-classification", dataset=data_args.dataset_name or data_args.image_folder or data_args.train_file,
         label_names=labels.names, settings=training_settings(data_args),
+        report=EvalExamples.image(raw["validation"], data_args.image_column),
     )
     return metrics
 

@@ -26,6 +26,7 @@ from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
 from ftlib.metrics import compute_metrics_fn, default_metric, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
+from ftlib.report import EvalExamples
 from ftlib.run import (
     TRAINING_DEFAULTS,
     evaluate,
@@ -125,6 +126,7 @@ def main(
     publish(
         trainer, ft_args, run.hub, metrics, base_model=public_name(model_args.model_name_or_path), task="text-classification",
         dataset=data_args.dataset_name or data_args.train_file, label_names=labels.names,
+        report=EvalExamples.text(raw["validation"], data_args.text_column, data_args.text_pair_column),
     )
     return metrics
 

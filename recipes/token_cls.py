@@ -48,6 +48,7 @@ from ftlib.data.token import (
 )
 from ftlib.metrics import ExtraMetrics, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
+from ftlib.report import EvalExamples, argmax_with_probs
 from ftlib.run import TRAINING_DEFAULTS, predict, publish, save_model, set_best_metric, start_run, train
 from ftlib.trainer import FtTrainer, class_weights_from_labels, labelled_tokens_per_batch, prepare_model
 
@@ -82,6 +83,7 @@ class WordMetrics:
         self.split = "validation"
 
     def tags(self, pred_ids, split: str) -> list[list[str]]:
+        pred_ids = pred_ids[0] if isinstance(pred_ids, tuple) else pred_ids  # (ids, probabilities): report
         return words_predictions(pred_ids, self.windows[split], len(self.sentences[split]), self.id2label)
 
     def __call__(self, eval_pred) -> dict[str, float]:
@@ -91,11 +93,6 @@ class WordMetrics:
         if self.extra is not None:
             metrics.update(self.extra(predicted, gold, metrics))
         return metrics
-
-
-def argmax_logits(logits, labels):
-    """Keep only the predicted ids on the way out of each evaluation step (not [windows, tokens, labels] floats)."""
-    return (logits[0] if isinstance(logits, tuple) else logits).argmax(dim=-1)
 
 
 def main(
@@ -167,7 +164,7 @@ def main(
             tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None
         ),
         compute_metrics=word_metrics,
-        preprocess_logits_for_metrics=argmax_logits,
+        preprocess_logits_for_metrics=argmax_with_probs,  # ids, and the probabilities the report needs
         ft_args=ft_args,
         anatomy=anatomy,
         class_weights=class_weights,
@@ -194,6 +191,7 @@ def main(
     publish(
         trainer, ft_args, run.hub, metrics, base_model=public_name(model_args.model_name_or_path),
         task="token-classification", dataset=data_args.dataset_name or data_args.train_file, label_names=names,
+        report=EvalExamples.tokens(raw["validation"], windows["validation"], scheme),
     )
     return metrics
 

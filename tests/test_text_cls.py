@@ -306,12 +306,12 @@ def test_lora_run_saves_adapter_or_merged_model(tiny_bert_dir, tmp_path, save):
     card = (out / "README.md").read_text()
     if save == "adapter":
         assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
-        assert 'library_name: "peft"' in card
+        assert "library_name: peft" in card
         adapter = json.loads((out / "adapter_config.json").read_text())
         assert sorted(adapter["target_modules"]) == ["query", "value"] and "classifier" in adapter["modules_to_save"]
     else:
         assert (out / "model.safetensors").is_file() and not (out / "adapter_model.safetensors").exists()
-        assert 'library_name: "transformers"' in card
+        assert "library_name: transformers" in card
         from safetensors.torch import load_file
 
         assert not any("lora" in key for key in load_file(out / "model.safetensors"))
