@@ -359,6 +359,13 @@ class TokenDataArguments(DataArguments):
         default=False,
         metadata={"help": "Train on every sub-token of a word (B-X becomes I-X after the first) instead of the first only."},
     )
+    loss_per_token: bool = field(
+        default=True,
+        metadata={"help": "Every labelled token weighs the same in training: a batch's summed token loss is divided "
+                          "by the training set's mean labelled tokens per batch, not by its own count (false: "
+                          "transformers' per-batch mean, which over-weighs the tokens of batches of short "
+                          "sentences, as length-grouped batches make systematic)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

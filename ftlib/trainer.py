@@ -84,6 +84,17 @@ def class_weights_from_labels(
     return torch.tensor(compute_class_weight("balanced", classes=present, y=labels), dtype=torch.float32)
 
 
+def labelled_tokens_per_batch(labels, batch_size: int, class_weights=None) -> float:
+    """The mean (class-weighted) count of labelled tokens in a training batch of ``batch_size`` rows: the constant
+    that ``FtTrainer(token_loss_normalizer=...)`` divides each batch's summed token loss by. ``labels`` holds one
+    row of label ids per training row (``IGNORE_INDEX`` -100 where nothing is learnt)."""
+    counts = np.bincount([i for row in labels for i in row if i != -100])
+    if not len(labels) or not counts.sum():
+        raise ValueError("no labelled token in the training data")
+    weights = np.ones(len(counts)) if class_weights is None else np.asarray(class_weights, dtype=np.float64)[: len(counts)]
+    return float((counts * weights).sum() / len(labels) * batch_size)
+
+
 def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArguments) -> None:
     """Combinations that Trainer would only reject mid-run, rejected before anything loads."""
     if ft_args.early_stopping_patience is not None and (
@@ -125,7 +136,8 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 class FtTrainer(Trainer):
     """``Trainer`` with ftlib's optimizer groups, loss and safety checks. Extra keyword arguments:
     ``ft_args`` (:class:`FineTuneArguments`), ``anatomy``, ``class_weights`` (a tensor or None) and
-    ``train_batch_transform`` (applied to training batches only, e.g. mixup / cutmix)."""
+    ``train_batch_transform`` (applied to training batches only, e.g. mixup / cutmix) and ``token_loss_normalizer``
+    (token classification: every labelled token weighs the same in training, see :meth:`compute_loss`)."""
 
     def __init__(
         self,
@@ -134,6 +146,7 @@ class FtTrainer(Trainer):
         anatomy: Anatomy | None = None,
         class_weights=None,
         train_batch_transform=None,
+        token_loss_normalizer: float | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -146,6 +159,7 @@ class FtTrainer(Trainer):
         self.train_batch_transform = train_batch_transform
         self.anatomy = anatomy or find_anatomy(self.model, ft_args.blocks_pattern)
         self.class_weights = class_weights
+        self.token_loss_normalizer = token_loss_normalizer
         self.group_table = ""
         self._gradual: GradualUnfreezeCallback | None = None
         self._wrapped_trainable: set[int] = set()
@@ -291,10 +305,22 @@ class FtTrainer(Trainer):
 
     # -- loss --------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Trainer's loss, or ftlib's where class weights, soft labels or a token-loss normaliser are in play.
+
+        Token classification with ``token_loss_normalizer`` (training only): a batch's loss is the sum of its
+        labelled tokens' (class-weighted) cross-entropies divided by that constant, the training set's mean per
+        batch, not by the batch's own count. A per-batch mean gives each token of a batch of short sentences
+        many times the weight of a token in a batch of long ones; length-grouped batches make that
+        systematic (CoNLL-2003: 23 to 1,056 labelled tokens per batch of 32, sentences of up to 5 words then
+        weigh 29% instead of 8%). With the constant every token weighs the same in every step; gradient
+        accumulation stays right (Trainer divides by the steps, see ``model_accepts_loss_kwargs`` above).
+        Evaluation keeps the per-batch mean, comparable across runs."""
         labels = inputs.get("labels")
         soft = labels is not None and labels.is_floating_point() and labels.dim() == 2
         problem_type = getattr(self.model.config, "problem_type", None)
-        if self.class_weights is None and not (soft and problem_type != "multi_label_classification"):
+        per_token = (self.token_loss_normalizer is not None and model.training and labels is not None
+                     and not labels.is_floating_point() and labels.dim() == 2)
+        if self.class_weights is None and not per_token and not (soft and problem_type != "multi_label_classification"):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
@@ -304,6 +330,9 @@ class FtTrainer(Trainer):
             loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weights)
         elif soft:  # mixup / cutmix targets: class probabilities
             loss = F.cross_entropy(logits, labels.to(logits.dtype), weight=weights)
+        elif per_token:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weights,
+                                   reduction="sum") / self.token_loss_normalizer
         else:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weights)
         return (loss, outputs) if return_outputs else loss

@@ -9,8 +9,10 @@ with word and tag columns (integer tags with ClassLabel names or --tag_names, or
 and IO tags are learnt as given and checked before anything loads (an I-X after O is an error naming the
 line). Labels sit on each word's first sub-token, or on all of them (--label_all_subtokens); a sentence longer
 than --max_seq_length becomes windows overlapping by --stride tokens, and each word is predicted once, in the
-window where it has the most context. Metrics are word-level: seqeval entity precision / recall / F1, overall
-and per type, and token accuracy. Every ftlib strategy flag and every standard TrainingArguments flag work.
+window where it has the most context. Every labelled token weighs the same in the training loss, whatever the
+length of the sentences batched with it (--loss_per_token; false: transformers' mean over each batch, which
+over-weighs batches of short sentences, see bench/token_sampling.py). Metrics are word-level: seqeval entity
+precision / recall / F1, overall and per type, and token accuracy. Every ftlib strategy flag and every standard TrainingArguments flag work.
 Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, validation_predictions.conll
 and test_predictions.conll (`token<TAB>gold<TAB>predicted`, a blank line between sentences), a model card and
 a SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric.

@@ -271,3 +271,103 @@ def test_evaluation_keeps_dataset_order_under_length_grouping(make_core_trainer,
     trainer = make_core_trainer(eval=rows, train_sampling_strategy="group_by_length", per_device_eval_batch_size=4)
     seen = torch.cat([batch["input_ids"] for batch in trainer.get_eval_dataloader()])
     assert torch.equal(seen, torch.stack([r["input_ids"] for r in rows]))
+
+
+# --- the per-token loss (--loss_per_token): every labelled token the same weight, whatever its batch ---
+
+def _token_trainer(model_dir, tmp_path, normalizer, class_weights=None, **overrides):
+    import torch
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+    )
+
+    from ftlib.trainer import FtTrainer, prepare_model
+
+    torch.manual_seed(0)
+    model = AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=3)
+    ft_args = FineTuneArguments()
+    model, anatomy = prepare_model(model, ft_args, task_type="TOKEN_CLS")
+    settings = {"output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "seed": 0,
+                "per_device_train_batch_size": 2, "max_steps": 1, "learning_rate": 0.5, "optim": "sgd",
+                "weight_decay": 0.0, "lr_scheduler_type": "constant", "save_strategy": "no", "logging_strategy": "no",
+                "disable_tqdm": True, "dataloader_pin_memory": False, **overrides}
+    collator = DataCollatorForTokenClassification(AutoTokenizer.from_pretrained(model_dir))  # pads labels with -100
+    return FtTrainer(model=model, args=TrainingArguments(**settings), train_dataset=_token_rows(), ft_args=ft_args,
+                     anatomy=anatomy, class_weights=class_weights, token_loss_normalizer=normalizer,
+                     data_collator=collator)
+
+
+def _token_rows() -> list[dict]:
+    """Two short sentences (2 labelled tokens each) and two long ones (10 each), as length grouping batches them."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for labelled in (2, 2, 10, 10):
+        ids = torch.randint(1000, 2000, (labelled + 2,), generator=g)
+        labels = torch.cat([torch.tensor([-100]), torch.randint(0, 3, (labelled,), generator=g), torch.tensor([-100])])
+        rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return rows
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_per_token_loss_weighs_every_token_the_same(tiny_bert_no_dropout_dir, tmp_path, weighted):
+    """A batch of two 2-token sentences and a batch of two 10-token ones: the per-batch mean gives each short
+    token 5 times a long token's weight; divided by the constant (12 tokens a batch) both batches' losses add up
+    to the mean over all 24 tokens, class-weighted too (the constant then counts weights: balanced ones sum to
+    the token count)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ftlib.trainer import class_weights_from_labels, labelled_tokens_per_batch
+
+    rows = _token_rows()
+    labels = [r["labels"].tolist() for r in rows]
+    flat = [i for row in labels for i in row if i != -100]
+    weights = class_weights_from_labels("balanced", flat, 3) if weighted else None
+    normalizer = labelled_tokens_per_batch(labels, 2, weights)
+    assert normalizer == pytest.approx(12.0)  # 24 labelled tokens over 2 batches of 2 rows
+    trainer = _token_trainer(tiny_bert_no_dropout_dir, tmp_path, normalizer, weights)
+    model = trainer.model.train()
+    batches = [{k: torch.stack([r[k] for r in rows[i:i + 2]]) for k in rows[0]} for i in (0, 2)]
+    with torch.no_grad():
+        losses = [trainer.compute_loss(model, dict(b)).item() for b in batches]
+        logits = torch.cat([model(input_ids=b["input_ids"][j:j + 1], attention_mask=b["attention_mask"][j:j + 1]).logits[0]
+                            for b in batches for j in range(2)])
+        targets = torch.cat([r["labels"] for r in rows])
+        per_token = F.cross_entropy(logits, targets, weight=weights, reduction="none")
+        every_token_mean = F.cross_entropy(logits, targets, weight=weights).item()
+        trainer.token_loss_normalizer = None
+        batch_means = [trainer.compute_loss(model, dict(b)).item() for b in batches]
+    token_weight = torch.ones(3) if weights is None else weights
+    counted = torch.where(targets == -100, 0.0, token_weight[targets.clamp(min=0)])
+    short, long = slice(0, 8), slice(8, None)  # the short batch's 8 positions: 4 labelled, 4 special (-100)
+    # per-batch mean: a short token weighs 1/4, a long one 1/20 (unweighted); with the constant both 1/12
+    assert batch_means[0] == pytest.approx(per_token[short].sum().item() / counted[short].sum().item(), rel=1e-5)
+    assert batch_means[1] == pytest.approx(per_token[long].sum().item() / counted[long].sum().item(), rel=1e-5)
+    assert losses[0] == pytest.approx(per_token[short].sum().item() / 12, rel=1e-5)
+    assert losses[1] == pytest.approx(per_token[long].sum().item() / 12, rel=1e-5)
+    assert sum(losses) / 2 == pytest.approx(every_token_mean, rel=1e-5)
+    model.eval()  # evaluation keeps the per-batch mean
+    trainer.token_loss_normalizer = normalizer
+    with torch.no_grad():
+        assert trainer.compute_loss(model, dict(batches[0])).item() == pytest.approx(batch_means[0], rel=1e-5)
+
+
+def test_per_token_loss_is_the_same_update_under_gradient_accumulation(tiny_bert_no_dropout_dir, tmp_path):
+    """One SGD step on the 4 rows: batch 4, or 2 micro-batches of 2 accumulated; the constant is per micro-batch
+    (24 and 12 tokens) and Trainer divides by the accumulation steps, so the weights move the same."""
+    from ftlib.trainer import labelled_tokens_per_batch
+
+    labels = [r["labels"].tolist() for r in _token_rows()]
+    after = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        trainer = _token_trainer(tiny_bert_no_dropout_dir, tmp_path / str(batch), labelled_tokens_per_batch(labels, batch),
+                                 per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+        before = trainer.model.classifier.weight.detach().clone()
+        trainer.train()
+        after.append(trainer.model.classifier.weight.detach() - before)
+    assert after[0].abs().max() > 1e-3
+    assert after[0].allclose(after[1], atol=1e-6, rtol=1e-4)
