@@ -63,7 +63,9 @@ class PushFailedError(HubPushError):
     """The upload itself failed; the local output is kept."""
 
 # What a pushed repo never gets: training state, optimizer moments, pickles, logs.
-NOT_PUSHED = ("checkpoint-*", "runs", "*.pt", "*.pth", "*.bin", "trainer_state.json", ".ftlib-*", "*.lock")
+# Local-only: resume state, pickle-capable files (the report's predictions.npz holds plain arrays, but the Hub
+# cannot tell), the run lock. ``ftlib-report`` needs predictions.npz; the pushed report has its figures.
+NOT_PUSHED = ("checkpoint-*", "runs", "*.pt", "*.pth", "*.bin", "*.npz", "trainer_state.json", ".ftlib-*", "*.lock")
 
 
 @dataclass

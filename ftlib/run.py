@@ -13,7 +13,7 @@ from typing import Any
 
 import datasets
 import transformers
-from transformers import TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from ftlib.args import FineTuneArguments
 from ftlib.cli import config_yaml
@@ -60,12 +60,13 @@ CONFIG_FILE = "config.yaml"
 class RunStart:
     resume_from: str | None
     hub: HubSettings
+    config: str = ""  # the effective configuration as YAML; written to config.yaml when training starts
 
 
 def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *other_args) -> RunStart:
-    """Logging on the main process, every check that needs no model or data, the seed, and ``config.yaml``
-    in the output directory: the effective configuration of the run (``other_args``: the recipe's model and
-    data arguments), from which ``--config`` reproduces it."""
+    """Logging on the main process, every check that needs no model or data, the seed, and the effective
+    configuration of the run (``other_args``: the recipe's model and data arguments), which :func:`train`
+    writes to ``config.yaml`` and from which ``--config`` reproduces the run."""
     level = training_args.get_process_log_level()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     # ftlib's own messages (trainable parameters, resume, unfreezing stages) show on the main process
@@ -77,20 +78,19 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *oth
     hub = take_hub_settings(training_args)
     if hub.push and training_args.process_index == 0:  # token, offline, reachable, write access: before anything is written
         check_push_access(hub, later=push_command(training_args.output_dir, hub, ft_args.push_min_metric))
+    config = config_yaml((*other_args, ft_args, training_args))  # as parsed, before any step adjusts them
     resume = claim_output_dir(training_args, ft_args)
-    if training_args.process_index == 0:
-        config = config_yaml((*other_args, ft_args, training_args))
-        (Path(training_args.output_dir) / CONFIG_FILE).write_text(config, encoding="utf-8")
     set_seed(training_args.seed)
-    return RunStart(resume, hub)
+    return RunStart(resume, hub, config)
 
 
 def claim_output_dir(training_args: TrainingArguments, ft_args: FineTuneArguments) -> str | None:
     """Check and take ``--output_dir`` for this run; returns the checkpoint to resume from, if any.
 
-    The main process refuses a directory another run holds (naming it, before writing anything there), runs
-    :func:`prepare_output_dir` and locks the directory (:func:`lock_output_dir`, released at the end of
-    :func:`publish` or when the process ends). The other processes learn its verdict, so that all of them stop
+    The main process refuses a directory another run holds (naming it, before writing anything there) and runs
+    :func:`prepare_output_dir`; :func:`train` locks the directory (:func:`lock_output_dir`, released at the end
+    of :func:`publish` or when the process ends) when training begins, so a run that stops on bad input leaves
+    no trace. The other processes learn its verdict, so that all of them stop
     together, and then check the directory themselves."""
     output_dir = training_args.output_dir
 
@@ -102,9 +102,8 @@ def claim_output_dir(training_args: TrainingArguments, ft_args: FineTuneArgument
     error, resume = None, None
     if training_args.process_index == 0:
         try:
-            check_not_in_use(output_dir)  # writes nothing
+            check_not_in_use(output_dir)  # writes nothing; train() takes the lock
             resume = prepare()
-            lock_output_dir(output_dir)  # raises naming the holder when another run took it since the check
         except ValueError as err:
             error = err
     if training_args.world_size > 1:
@@ -150,12 +149,29 @@ def strategy_summary(ft_args: FineTuneArguments, training_args: TrainingArgument
     return summary
 
 
-def train(trainer, resume_from: str | None) -> dict[str, float]:
-    """Check the free disk space, train (resuming when a checkpoint is given), record the train metrics and state."""
+class TakeOutputDir(TrainerCallback):
+    """When training begins (not before: a run that stops on bad input leaves no trace), the main process locks
+    the output directory (:func:`lock_output_dir`; raises naming the holder when another run took it since the
+    start) and writes ``config.yaml``, the run's effective configuration."""
+
+    def __init__(self, config: str | None):
+        self.config = config
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            lock_output_dir(args.output_dir)
+            if self.config:
+                (Path(args.output_dir) / CONFIG_FILE).write_text(self.config, encoding="utf-8")
+
+
+def train(trainer, resume_from: str | None, config: str | None = None) -> dict[str, float]:
+    """Check the free disk space, write ``config.yaml`` (``config``: :attr:`RunStart.config`), train (resuming
+    when a checkpoint is given), record the train metrics and state."""
     # the space needed depends on the model, so this check waits until it is built (still before any step)
     args = trainer.args
     checkpoints = 0 if args.save_strategy == "no" else (args.save_total_limit or 2)  # no limit: at least 2
     check_free_space(args.output_dir, checkpoint_bytes(trainer.model, checkpoints))
+    trainer.add_callback(TakeOutputDir(config))
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = dict(result.metrics)
     metrics["train_samples"] = len(trainer.train_dataset)

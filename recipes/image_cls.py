@@ -143,7 +143,7 @@ def main(
     )
 
     # -- train, evaluate (one pass over validation gives the metrics and the confusion matrix)
-    metrics = train(trainer, run.resume_from)
+    metrics = train(trainer, run.resume_from, run.config)
     if data_args.skip_corrupt_images:
         trainer.save_metrics("data", {"skipped_images": len(skipped)})
         metrics["skipped_images"] = len(skipped)

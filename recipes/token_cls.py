@@ -174,7 +174,7 @@ def main(
     )
 
     # -- train
-    metrics = train(trainer, run.resume_from)
+    metrics = train(trainer, run.resume_from, run.config)
 
     # -- evaluate and predict: word-level metrics, predictions written back as CoNLL
     for split, prefix in (("validation", "eval"), ("test", "test")):

@@ -17,6 +17,16 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT / "recipes"))  # recipes are scripts; tests import their main()
 
 
+@pytest.fixture(autouse=True)
+def fixed_step_count(monkeypatch):
+    """The text recipe's training budget (``min_train_steps``) would turn the tests' few-row, few-epoch runs into
+    250-step ones whose step counts the tests do not expect; tests that are about the budget set it themselves
+    (tests/test_small_data.py), and test_text_cls.py checks that the recipe default applies."""
+    import text_cls
+
+    monkeypatch.setitem(text_cls.RECIPE_DEFAULTS, "min_train_steps", 0)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 BERT (random weights) with the real MiniLM WordPiece tokenizer, saved offline."""

@@ -375,7 +375,7 @@ def test_builtin_model_loss_rejects_soft_labels_and_the_trainer_loss_takes_them(
         model(**batch)
     logits = model(pixel_values=batch["pixel_values"]).logits
     expected = -(batch["labels"] * logits.log_softmax(-1)).sum(1).mean()
-    trainer = SimpleNamespace(model=model, class_weights=None)  # all compute_loss reads on this path
+    trainer = SimpleNamespace(model=model, class_weights=None, token_loss_normalizer=None)  # all compute_loss reads here
     loss = FtTrainer.compute_loss(trainer, model, dict(batch))
     torch.testing.assert_close(loss, expected)
 

@@ -20,6 +20,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import text_cls
 import torch
@@ -86,7 +87,8 @@ def test_artifacts_are_safetensors_and_no_token_anywhere(
     run(tiny_bert_dir, data, lora, *push, "--hub_model_id", "me/lora", "--lora", "true", "--hub_token", TOKEN_ARG)
     # HfApi(token=None) reads HF_TOKEN itself
     tokens_used = [kw["token"] or os.environ.get("HF_TOKEN") for name, kw in fake_hub if name == "init"]
-    assert tokens_used == [TOKEN_ENV, TOKEN_ARG]  # the tokens did flow to the push, so not seeing them below means something
+    # each run's token flowed to the pre-flight check and to the push, so not seeing them below means something
+    assert tokens_used == [TOKEN_ENV, TOKEN_ENV, TOKEN_ARG, TOKEN_ARG]
 
     written = [p for out in (plain, lora) for p in out.rglob("*") if p.is_file()]
     assert len([p for p in written if "checkpoint-" in str(p)]) > 10  # checkpoints are part of what is checked
@@ -94,7 +96,13 @@ def test_artifacts_are_safetensors_and_no_token_anywhere(
     for out, name in ((plain, "model.safetensors"), (lora, "adapter_model.safetensors")):
         checkpoints = sorted(out.glob("checkpoint-*"))
         assert checkpoints and all((c / name).is_file() for c in [out, *checkpoints])
-    pickles = [p for p in written if p.suffix in PICKLE_SUFFIXES]
+    # the report's validation predictions are plain arrays: numpy loads them with pickles refused
+    reports = [p for p in written if p.name == "predictions.npz"]
+    assert reports
+    for path in reports:
+        with np.load(path, allow_pickle=False) as arrays:
+            assert all(arrays[k].dtype != object for k in arrays.files)
+    pickles = [p for p in written if p.suffix in PICKLE_SUFFIXES and p not in reports]
     assert {p.name for p in pickles} == {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
     for path in pickles:
         if RESUME_STATE.fullmatch(path.name):

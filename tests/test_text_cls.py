@@ -316,3 +316,23 @@ def test_lora_run_saves_adapter_or_merged_model(tiny_bert_dir, tmp_path, save):
 
         assert not any("lora" in key for key in load_file(out / "model.safetensors"))
     assert "| lora | True |" in card and "| lora_r | 4 |" in card
+
+
+@pytest.mark.slow
+def test_default_training_budget_gives_small_sets_250_steps(tiny_bert_dir, tmp_path):
+    # the recipe as shipped (the test session's fixture sets the budget to 0 for the other tests)
+    spec = importlib.util.spec_from_file_location("text_cls_as_shipped", ROOT / "recipes" / "text_cls.py")
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    assert shipped.RECIPE_DEFAULTS["min_train_steps"] == 250
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(2))  # 32 rows, batch 8: 4 steps an epoch
+    out = tmp_path / "out"
+    args = parse_args((ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments),
+                      base_argv(tiny_bert_dir, train, out), defaults=shipped.RECIPE_DEFAULTS)
+    metrics = shipped.main(*args)
+    state = json.loads((out / "trainer_state.json").read_text())
+    # 90% of the rows train (10% validation): 29 rows, 4 steps an epoch, so 63 epochs = 252 steps
+    assert state["global_step"] == 252 and metrics["epoch"] == 63
+    evaluations = [e["step"] for e in state["log_history"] if "eval_loss" in e]
+    assert evaluations[:3] == [84, 168, 252]  # as often as the 3 epochs asked for would have evaluated
+
