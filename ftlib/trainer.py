@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -95,6 +96,52 @@ def labelled_tokens_per_batch(labels, batch_size: int, class_weights=None) -> fl
     return float((counts * weights).sum() / len(labels) * batch_size)
 
 
+MULTI_LABEL = "multi_label_classification"
+
+
+def ftlib_loss_kind(labels, problem_type: str | None, class_weights: bool, per_token: bool) -> str | None:
+    """Which loss :meth:`FtTrainer.compute_loss` computes itself for a batch with these ``labels``: ``"per_token"``
+    (a token batch's summed loss over a constant, ``token_loss_normalizer``), ``"weighted"`` (class weights, or
+    soft mixup / cutmix targets, which the models' own losses reject), or None: the model's own loss."""
+    if labels is None:
+        return None
+    soft = labels.is_floating_point() and labels.dim() == 2 and problem_type != MULTI_LABEL
+    if per_token and not labels.is_floating_point() and labels.dim() == 2:
+        return "per_token"
+    return "weighted" if class_weights or soft else None
+
+
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None, weights=None) -> torch.Tensor:
+    """A batch's summed (class-weighted) loss: divided by :func:`loss_normaliser` it is the batch's mean; the sums
+    and normalisers of several micro-batches (and processes) add up to those of the whole batch.
+
+    Hard labels (class ids, -100 skipped): ``sum w[y] * nll``. Soft labels (class probabilities, mixup / cutmix):
+    ``sum_i sum_c w_c * y_ic * -log p_ic``. Multi-label (0/1 per label; ``weights`` weigh the positives):
+    binary cross-entropy summed over rows and labels."""
+    if problem_type == MULTI_LABEL:
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weights, reduction="sum")
+    if labels.is_floating_point():
+        return F.cross_entropy(logits, labels.to(logits.dtype), weight=weights, reduction="sum")
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weights, reduction="sum")
+
+
+def loss_normaliser(labels: torch.Tensor, problem_type: str | None, weights=None) -> torch.Tensor:
+    """What :func:`loss_sum` is divided by for a mean: the labels' summed class weight. Hard labels: ``sum w[y]``
+    (the count without weights; torch's weighted mean). Soft labels: ``sum_i sum_c w_c * y_ic``, the same for a
+    one-hot target as for its class id (torch's own soft cross-entropy divides by the row count whatever the
+    weights). Multi-label: rows x labels, torch's mean with ``pos_weight``."""
+    if problem_type == MULTI_LABEL:
+        return torch.tensor(float(labels.numel()), device=labels.device)
+    if labels.is_floating_point():
+        targets = labels.float()
+        return (targets if weights is None else targets * weights.to(targets.device, targets.dtype)).sum()
+    ids = labels.reshape(-1)
+    ids = ids[ids != -100]
+    if weights is None:
+        return torch.tensor(float(ids.numel()), device=labels.device)
+    return weights.to(labels.device, torch.float32)[ids].sum()
+
+
 def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArguments) -> None:
     """Combinations that Trainer would only reject mid-run, rejected before anything loads."""
     if ft_args.early_stopping_patience is not None and (
@@ -151,9 +198,10 @@ class FtTrainer(Trainer):
     ):
         super().__init__(*args, **kwargs)
         # Trainer passes ``num_items_in_batch`` to models whose forward takes **kwargs, and then does not
-        # divide the loss by the accumulation steps; BERT-family heads ignore it (they return a batch mean),
-        # and so does the class-weighted loss below: with --gradient_accumulation_steps N the gradients came
-        # out N times too large. Per-batch means, divided by N by Trainer, are right for every model here.
+        # divide the loss by the accumulation steps; BERT-family heads ignore it (they return a batch mean):
+        # with --gradient_accumulation_steps N the gradients came out N times too large. The models' own losses
+        # are per-batch means, divided by N by Trainer; ftlib's own loss (class weights, soft targets, per-token)
+        # brings its own ``num_items_in_batch``, the accumulated batch's summed weight (see get_batch_samples).
         self.model_accepts_loss_kwargs = False
         self.ft_args = ft_args
         self.train_batch_transform = train_batch_transform
@@ -304,44 +352,81 @@ class FtTrainer(Trainer):
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     # -- loss --------------------------------------------------------------------------------------
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Trainer's loss, or ftlib's where class weights, soft labels or a token-loss normaliser are in play.
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer step, with ``train_batch_transform`` (mixup / cutmix) applied, and
+        the normaliser of ftlib's loss over all of them: the summed class weight of their labels (see
+        :func:`loss_normaliser`), over every process, or for the per-token loss the constant of a whole step.
+        :meth:`compute_loss` divides each micro-batch's summed loss by it, so the accumulated gradient is that of
+        one weighted mean over the whole accumulated batch whatever the weight of each micro-batch (Trainer's
+        ``num_items_in_batch``, generalised to class weights and soft targets)."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.train_batch_transform is not None:
+            batches = [self.train_batch_transform(batch) for batch in batches]
+        normaliser = self._step_normaliser(batches, device)
+        # the loss of an ftlib-normalised step is already scaled for accumulation; None: Trainer decides
+        self.loss_is_scaled_for_ga = True if normaliser is not None else None
+        return batches, (normaliser if normaliser is not None else num_items)
 
-        Token classification with ``token_loss_normalizer`` (training only): a batch's loss is the sum of its
-        labelled tokens' (class-weighted) cross-entropies divided by that constant, the training set's mean per
-        batch, not by the batch's own count. A per-batch mean gives each token of a batch of short sentences
-        many times the weight of a token in a batch of long ones; length-grouped batches make that
-        systematic (CoNLL-2003: 23 to 1,056 labelled tokens per batch of 32, sentences of up to 5 words then
-        weigh 29% instead of 8%). With the constant every token weighs the same in every step; gradient
-        accumulation stays right (Trainer divides by the steps, see ``model_accepts_loss_kwargs`` above).
+    def _step_normaliser(self, batches: list, device) -> torch.Tensor | None:
+        labels = [batch.get("labels") if isinstance(batch, Mapping) else None for batch in batches]
+        if not labels or any(label is None for label in labels):
+            return None
+        problem_type = getattr(self.model.config, "problem_type", None)
+        kind = ftlib_loss_kind(labels[0], problem_type, self.class_weights is not None,
+                               self.token_loss_normalizer is not None)
+        processes = self.accelerator.num_processes
+        if kind is None:
+            return None
+        if kind == "per_token":  # a constant: every labelled token weighs the same in every step
+            steps = self.args.gradient_accumulation_steps
+            return torch.tensor(self.token_loss_normalizer * steps * processes, device=device)
+        total = sum(loss_normaliser(label, problem_type, self.class_weights).to(device) for label in labels)
+        if processes > 1:  # every process divides by the sum over all of them; DDP then averages the gradients
+            total = self.accelerator.gather(total.reshape(1)).sum()
+        return total
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Trainer's loss, or ftlib's where class weights, soft labels or a token-loss normaliser are in play: a
+        batch's summed (class-weighted) loss (:func:`loss_sum`) divided by
+
+        - in training, ``num_items_in_batch`` from :meth:`get_batch_samples`: the summed class weight of the whole
+          accumulated batch, on every process (times the process count, which DDP's gradient average divides out),
+          so that 8 rows in one batch and 4 + 4 accumulated take the same step whatever their labels;
+        - otherwise (evaluation), the batch's own summed weight (:func:`loss_normaliser`): its weighted mean.
+
+        Soft (mixup / cutmix) targets are normalised like hard ones, by their summed class weight: a one-hot
+        soft target gives the hard-target loss, class weights or not.
+
+        Token classification with ``token_loss_normalizer`` (training only): the summed loss of a batch's labelled
+        tokens is divided by that constant, the training set's mean (class-weighted) count per batch, not by the
+        batch's own count. A per-batch mean gives each token of a batch of short sentences many times the weight of
+        a token in a batch of long ones; length-grouped batches make that systematic (CoNLL-2003: 23 to 1,056
+        labelled tokens per batch of 32, sentences of up to 5 words then weigh 29% instead of 8%). With the
+        constant (times the accumulation steps and processes in a step) every token weighs the same in every step.
         Evaluation keeps the per-batch mean, comparable across runs."""
         labels = inputs.get("labels")
-        soft = labels is not None and labels.is_floating_point() and labels.dim() == 2
         problem_type = getattr(self.model.config, "problem_type", None)
-        per_token = (self.token_loss_normalizer is not None and model.training and labels is not None
-                     and not labels.is_floating_point() and labels.dim() == 2)
-        if self.class_weights is None and not per_token and not (soft and problem_type != "multi_label_classification"):
+        kind = ftlib_loss_kind(labels, problem_type, self.class_weights is not None,
+                               self.token_loss_normalizer is not None and model.training)
+        if kind is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         weights = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
-        if problem_type == "multi_label_classification":
-            loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weights)
-        elif soft:  # mixup / cutmix targets: class probabilities
-            loss = F.cross_entropy(logits, labels.to(logits.dtype), weight=weights)
-        elif per_token:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weights,
-                                   reduction="sum") / self.token_loss_normalizer
-        else:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weights)
+        total = loss_sum(logits, labels, problem_type, weights)
+        if model.training and num_items_in_batch is not None:
+            step_weight = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device)
+            loss = total / step_weight.clamp_min(1e-12) * self.accelerator.num_processes
+        elif kind == "per_token":
+            loss = total / self.token_loss_normalizer
+        else:  # a batch whose labels weigh nothing (all -100) has a zero sum: 0, not 0 / 0
+            loss = total / loss_normaliser(labels, problem_type, weights).to(total.dtype).clamp_min(1e-12)
         return (loss, outputs) if return_outputs else loss
 
     # -- one step ------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.train_batch_transform is not None:
-            inputs = self.train_batch_transform(inputs)
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)  # batches come transformed
         if not torch.isfinite(loss).all():
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1} "

@@ -275,7 +275,7 @@ def test_evaluation_keeps_dataset_order_under_length_grouping(make_core_trainer,
 
 # --- the per-token loss (--loss_per_token): every labelled token the same weight, whatever its batch ---
 
-def _token_trainer(model_dir, tmp_path, normalizer, class_weights=None, **overrides):
+def _token_trainer(model_dir, tmp_path, normalizer, class_weights=None, rows=None, **overrides):
     import torch
     from transformers import (
         AutoModelForTokenClassification,
@@ -294,18 +294,18 @@ def _token_trainer(model_dir, tmp_path, normalizer, class_weights=None, **overri
                 "weight_decay": 0.0, "lr_scheduler_type": "constant", "save_strategy": "no", "logging_strategy": "no",
                 "disable_tqdm": True, "dataloader_pin_memory": False, **overrides}
     collator = DataCollatorForTokenClassification(AutoTokenizer.from_pretrained(model_dir))  # pads labels with -100
-    return FtTrainer(model=model, args=TrainingArguments(**settings), train_dataset=_token_rows(), ft_args=ft_args,
+    return FtTrainer(model=model, args=TrainingArguments(**settings), train_dataset=rows or _token_rows(), ft_args=ft_args,
                      anatomy=anatomy, class_weights=class_weights, token_loss_normalizer=normalizer,
                      data_collator=collator)
 
 
-def _token_rows() -> list[dict]:
+def _token_rows(lengths=(2, 2, 10, 10)) -> list[dict]:
     """Two short sentences (2 labelled tokens each) and two long ones (10 each), as length grouping batches them."""
     import torch
 
     g = torch.Generator().manual_seed(0)
     rows = []
-    for labelled in (2, 2, 10, 10):
+    for labelled in lengths:
         ids = torch.randint(1000, 2000, (labelled + 2,), generator=g)
         labels = torch.cat([torch.tensor([-100]), torch.randint(0, 3, (labelled,), generator=g), torch.tensor([-100])])
         rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
@@ -371,3 +371,27 @@ def test_per_token_loss_is_the_same_update_under_gradient_accumulation(tiny_bert
         after.append(trainer.model.classifier.weight.detach() - before)
     assert after[0].abs().max() > 1e-3
     assert after[0].allclose(after[1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("per_token", "weighted"), [(True, False), (True, True), (False, True)])
+def test_token_loss_is_the_same_update_8x1_and_4x2(tiny_bert_no_dropout_dir, tmp_path, per_token, weighted):
+    """Eight sentences of 1 to 10 labelled tokens, one SGD step: batch 8, or 2 micro-batches of 4 accumulated
+    (11 and 29 labelled tokens). Per-token loss (class-weighted or not): the constant of a step is the same either
+    way. Class weights without it: a weighted mean over all the step's tokens, not a mean of the micro-batches'."""
+    from ftlib.trainer import class_weights_from_labels, labelled_tokens_per_batch
+
+    rows = _token_rows((2, 1, 3, 5, 10, 7, 4, 8))
+    labels = [r["labels"].tolist() for r in rows]
+    weights = class_weights_from_labels("1,2.5,0.5", None, 3) if weighted else None
+    after = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        normalizer = labelled_tokens_per_batch(labels, batch, weights) if per_token else None
+        trainer = _token_trainer(tiny_bert_no_dropout_dir, tmp_path / str(batch), normalizer, weights, rows=rows,
+                                 per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                                 train_sampling_strategy="sequential")
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        after.append({n: p.detach() - before[n] for n, p in trainer.model.named_parameters()})
+    assert after[0]["classifier.weight"].abs().max() > 1e-3
+    for name in after[0]:
+        assert after[0][name].allclose(after[1][name], atol=1e-6, rtol=1e-4), name

@@ -108,6 +108,61 @@ def test_gradient_accumulation_gives_the_same_step(class_weights, make_core_trai
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)  # the logged loss too
 
 
+def _one_sgd_step(make_core_trainer, tmp_path, train, batch, accumulation, class_weights=None, name="", transform=None,
+                  **kw):
+    """The change of every parameter after one SGD step (lr 1, no clipping, sequential batches) and the logged loss."""
+    trainer = make_core_trainer(
+        FineTuneArguments(torch_optimizer="SGD"), train=train, class_weights=class_weights, learning_rate=1.0,
+        max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_grad_norm=0.0,
+        train_sampling_strategy="sequential", logging_strategy="steps", logging_steps=1,
+        output_dir=str(tmp_path / f"{name}{batch}x{accumulation}"), **kw,
+    )
+    trainer.train_batch_transform = transform
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    delta = {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
+    return delta, trainer.state.log_history[0]["loss"]
+
+
+def _assert_same_step(a, b):
+    assert max(d.abs().max() for d in a[0].values()) > 1e-4
+    for name in a[0]:
+        assert torch.allclose(a[0][name], b[0][name], rtol=1e-4, atol=1e-7), name
+    assert a[1] == pytest.approx(b[1], rel=1e-5)  # the logged loss too
+
+
+@pytest.mark.parametrize("rows", [8, 7])  # 7: the second micro-batch is short (4 + 3)
+@pytest.mark.parametrize("problem", ["single", "multi"])
+def test_accumulation_is_exact_with_class_weights(problem, rows, make_core_trainer, core_data, tmp_path):
+    """Micro-batches whose class-weight sums differ (and a short last one): one batch of all rows and 4-row
+    micro-batches accumulated take the same SGD step, because each micro-batch's weighted sum is divided by the
+    weight of the whole accumulated batch, not by its own (a mean of per-micro-batch weighted means is not the
+    weighted mean)."""
+    train = core_data(rows, seed=2, labels=[0, 0, 0, 0, 1, 1, 1, 0][:rows])  # weights 4 x 1 vs 1 + 3 x 3
+    config = {**NO_DROPOUT}
+    if problem == "single":
+        weights = class_weights_from_labels("1,3", None, 2)
+    else:
+        config["problem_type"] = "multi_label_classification"
+        hot = [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+        train = [{**row, "labels": torch.tensor(hot[i])} for i, row in enumerate(train)]
+        weights = class_weights_from_labels("balanced", hot[:rows], 2, multi_label=True)
+    whole = _one_sgd_step(make_core_trainer, tmp_path, train, rows, 1, weights, config=config)
+    accumulated = _one_sgd_step(make_core_trainer, tmp_path, train, 4, 2, weights, config=config)
+    _assert_same_step(whole, accumulated)
+
+
+def test_soft_one_hot_targets_take_the_hard_targets_step(make_core_trainer, core_data, tmp_path):
+    """A mixup-style transform that only turns ids into one-hot rows changes nothing, class weights and unequal
+    micro-batches included: soft and hard targets share the normaliser (their summed class weight)."""
+    train = core_data(8, seed=2, labels=[0, 0, 0, 0, 1, 1, 1, 0])
+    weights = torch.tensor([1.0, 3.0])
+    hard = _one_sgd_step(make_core_trainer, tmp_path, train, 4, 2, weights, name="hard", config=NO_DROPOUT)
+    soft = _one_sgd_step(make_core_trainer, tmp_path, train, 4, 2, weights, name="soft", config=NO_DROPOUT,
+                         transform=lambda b: {**b, "labels": F.one_hot(b["labels"], 2).float()})
+    _assert_same_step(hard, soft)
+
+
 # --- early stopping and non-finite losses -------------------------------------------------------------
 
 
@@ -419,16 +474,25 @@ def test_take_hub_settings_removes_the_token(tmp_path):
     assert (settings.push, settings.repo_id, settings.token) == (False, "org/name", None)
 
 
-def test_weighted_loss_matches_torch(make_core_trainer, core_data):
-    """Soft (mixup) targets with class weights: the loss is torch's weighted soft cross-entropy."""
+def test_soft_targets_with_class_weights_are_a_weighted_mean(make_core_trainer, core_data):
+    """Soft (mixup) targets with class weights: sum_i sum_c w_c y_ic (-log p_ic) over sum_i sum_c w_c y_ic, the
+    normaliser of hard targets (torch's own soft cross-entropy divides by the row count instead); a one-hot soft
+    target gives exactly the hard-target loss."""
     rows = core_data(4, seed=1)
     weights = torch.tensor([0.5, 2.0])
     trainer = make_core_trainer(class_weights=weights)
     trainer.model.eval()
     soft = torch.tensor([[0.7, 0.3], [0.2, 0.8], [1.0, 0.0], [0.5, 0.5]])
     inputs = {"input_ids": torch.stack([r["input_ids"] for r in rows]), "labels": soft}
+    hard = torch.tensor([1, 1, 0, 1])
     with torch.no_grad():
         logits = trainer.model(input_ids=inputs["input_ids"]).logits
-        expected = F.cross_entropy(logits, soft, weight=weights)
+        weighted = soft * weights
+        expected = float(-(weighted * logits.log_softmax(-1)).sum() / weighted.sum())
         loss = trainer.compute_loss(trainer.model, dict(inputs))
-    assert float(loss) == pytest.approx(float(expected), abs=1e-6)
+        one_hot = trainer.compute_loss(trainer.model, {**inputs, "labels": F.one_hot(hard, 2).float()})
+        hard_loss = trainer.compute_loss(trainer.model, {**inputs, "labels": hard})
+    assert float(loss) == pytest.approx(expected, abs=1e-6)
+    assert abs(expected - float(F.cross_entropy(logits, soft, weight=weights))) > 1e-3  # not torch's row mean
+    assert float(hard_loss) == pytest.approx(float(F.cross_entropy(logits, hard, weight=weights)), abs=1e-6)
+    assert float(one_hot) == pytest.approx(float(hard_loss), abs=1e-6)
