@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
+from ftlib.data.knobs import check_knobs
+
 
 def refuse_without(args, gate: str, active: bool, names: tuple[str, ...]) -> None:
     """Flags that act only together with ``gate``: set to a non-default value while ``gate`` is off, they would
@@ -60,13 +62,6 @@ class ModelArguments:
         if not isinstance(updates, dict):
             raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}")  # noqa: TRY004
         return updates
-
-    @property
-    def path(self) -> str:
-        """Where ``from_pretrained`` loads from: offline short names resolved (see :mod:`ftlib.checkpoints`)."""
-        from ftlib.checkpoints import resolve_checkpoint
-
-        return resolve_checkpoint(self.model_name_or_path)
 
 
 @dataclass
@@ -443,8 +438,6 @@ class ImageDataArguments(DataArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from ftlib.data.image import check_knobs
-
         check_knobs(self.augmentation, self.knobs)
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError(f"--mixup_alpha and --cutmix_alpha must be >= 0, got {self.mixup_alpha}, {self.cutmix_alpha}")

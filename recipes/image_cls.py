@@ -28,7 +28,7 @@ from pathlib import Path
 from transformers import AutoModelForImageClassification, TrainingArguments
 
 from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
-from ftlib.checkpoints import public_name
+from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
 from ftlib.data.files import check_empty_inputs
 from ftlib.data.image import (
@@ -85,7 +85,8 @@ def main(
     extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data: image references (paths, or undecoded bytes) and labels; pixels are decoded later, in the workers
-    raw = load_image_data(data_args, model_args.cache_dir)
+    with training_args.main_process_first(desc="image data"):  # main process first: sklearn-digits exported once
+        raw = load_image_data(data_args, model_args.cache_dir)
     raw = check_empty_inputs(raw, [data_args.image_column], data_args, "image")
     raw, labels = prepare_splits(
         raw, data_args, [data_args.image_column, data_args.id_column], training_args.seed, data_args.problem_type,
@@ -100,11 +101,13 @@ def main(
             logger.warning("skipped %d unreadable image(s): %s%s", len(skipped), ", ".join(skipped[:10]), more)
 
     # -- model and image processor
-    processor = load_image_processor(model_args)
+    checkpoint = prepare_checkpoint(model_args, training_args)  # short names converted once, main process first
+    processor = load_image_processor(model_args, checkpoint)
     if data_args.image_size is not None:
         processor = resize_processor(processor, data_args.image_size)  # saved with the model: inference matches
-    config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type)
-    model = load_model(AutoModelForImageClassification, model_args, config)
+    config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type,
+                                    checkpoint=checkpoint)
+    model = load_model(AutoModelForImageClassification, model_args, config, checkpoint)
 
     # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
     model, anatomy = prepare_model(model, ft_args)

@@ -19,7 +19,7 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
 
 from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-from ftlib.checkpoints import public_name
+from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
 from ftlib.data.files import check_empty_inputs, load_data
 from ftlib.data.labels import prepare_splits
@@ -77,9 +77,11 @@ def main(
     )
 
     # -- model and tokenizer
-    tokenizer = load_tokenizer(model_args)
-    config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type)
-    model = load_model(AutoModelForSequenceClassification, model_args, config)
+    checkpoint = prepare_checkpoint(model_args, training_args)  # short names converted once, main process first
+    tokenizer = load_tokenizer(model_args, checkpoint)
+    config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type,
+                                    checkpoint=checkpoint)
+    model = load_model(AutoModelForSequenceClassification, model_args, config, checkpoint)
 
     # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
     model, anatomy = prepare_model(model, ft_args, task_type="SEQ_CLS")

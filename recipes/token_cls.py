@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
-from ftlib.checkpoints import public_name
+from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
 from ftlib.data.files import check_empty_inputs, limit_samples, load_data, source_name
 from ftlib.data.text import effective_max_length
@@ -124,11 +124,13 @@ def main(
     raw = limit_samples(raw, data_args)
 
     # -- model and tokenizer
-    tokenizer = load_tokenizer(model_args)
+    checkpoint = prepare_checkpoint(model_args, training_args)  # short names converted once, main process first
+    tokenizer = load_tokenizer(model_args, checkpoint)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{model_args.model_name_or_path}: token classification needs a fast tokenizer (word ids)")
-    config = load_config_for_labels(model_args, len(names), id2label, "single_label_classification")
-    model = load_model(AutoModelForTokenClassification, model_args, config)
+    config = load_config_for_labels(model_args, len(names), id2label, "single_label_classification",
+                                    checkpoint=checkpoint)
+    model = load_model(AutoModelForTokenClassification, model_args, config, checkpoint)
 
     # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
     model, anatomy = prepare_model(model, ft_args, task_type="TOKEN_CLS")

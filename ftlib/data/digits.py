@@ -11,56 +11,46 @@ its validation split out of train as for any folder without one.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ftlib.cache import build_once, cache_root
 
 DEFAULT_SIZE = 32
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-def cache_root() -> Path:
-    """Where ftlib keeps what it builds offline (``$FTLIB_CACHE``, default ``~/.cache/ftlib``)."""
-    return Path(os.environ.get("FTLIB_CACHE", Path.home() / ".cache" / "ftlib"))
-
-
 def export_digits(root: str | Path | None = None, size: int = DEFAULT_SIZE) -> Path:
     """Write the digits as ``root/{train,test}/<digit>/<index>.png`` (``size`` x ``size``) once; return ``root``.
 
-    An existing complete export is reused. The folder is written under a temporary name and renamed into
-    place, so concurrent callers (parallel tests) never see a half-written folder.
+    An existing complete export is reused. The folder is written under a temporary name beside ``root`` and renamed
+    into place (:func:`ftlib.cache.build_once`), so concurrent callers and a killed export never leave a
+    half-written folder that passes as complete.
     """
+    root = Path(root) if root is not None else cache_root() / f"sklearn-digits-{size}px"
+    return build_once(root, lambda folder: _write_digits(folder, size), _is_exported)
+
+
+def _is_exported(root: Path) -> bool:
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def _write_digits(root: Path, size: int) -> None:
     from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    root = Path(root) if root is not None else cache_root() / f"sklearn-digits-{size}px"
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return root
     digits = load_digits()
     pixels = np.clip(digits.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
     indices = np.arange(len(pixels))
     train_idx, test_idx = train_test_split(
         indices, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=digits.target
     )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        for split, chosen in (("train", train_idx), ("test", test_idx)):
-            for i in sorted(chosen):
-                folder = staging / split / str(digits.target[i])
-                folder.mkdir(parents=True, exist_ok=True)
-                image = Image.fromarray(pixels[i]).resize((size, size), Image.Resampling.BICUBIC)
-                image.save(folder / f"{i:04d}.png")
-        try:
-            staging.rename(root)
-        except OSError:  # another process finished first: keep its copy
-            if not (root / "train").is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    for split, chosen in (("train", train_idx), ("test", test_idx)):
+        for i in sorted(chosen):
+            folder = root / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(pixels[i]).resize((size, size), Image.Resampling.BICUBIC)
+            image.save(folder / f"{i:04d}.png")
