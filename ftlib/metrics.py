@@ -1,4 +1,5 @@
-"""Offline metrics for classification and regression, on scikit-learn and SciPy (no Hub download).
+"""Offline metrics for classification, regression and token classification, on scikit-learn, SciPy and seqeval
+(no Hub download).
 
 Each ``*_metrics`` function takes predictions and references as arrays and returns a flat dict of
 floats, the shape Trainer logs; :func:`compute_metrics_fn` adapts one to Trainer's ``EvalPrediction``.
@@ -8,6 +9,7 @@ floats, the shape Trainer logs; :func:`compute_metrics_fn` adapts one to Trainer
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,6 +108,74 @@ def compute_metrics_fn(problem_type: str, label_names: Sequence[str], extra: Ext
         return metrics
 
     return compute
+
+
+def token_cls_metrics(
+    true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], scheme: str
+) -> dict[str, float]:
+    """Entity-level precision/recall/f1 (seqeval) overall and per type, plus token accuracy.
+
+    BIO and BIOES are scored in seqeval's strict mode (an entity counts only if it is well formed
+    under the scheme); IOB1 and IO in its default, conlleval-compatible mode. Keys: `precision`,
+    `recall`, `f1`, `accuracy`, and per type `PER_precision`, `PER_recall`, `PER_f1`, `PER_support`.
+    """
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2, IOBES
+
+    if len(true_tags) != len(pred_tags) or any(len(t) != len(p) for t, p in zip(true_tags, pred_tags)):
+        raise ValueError("true_tags and pred_tags must have the same sentences and lengths")
+    kwargs: dict[str, Any] = {}
+    if scheme in ("BIO", "BIOES"):
+        kwargs = {"mode": "strict", "scheme": IOB2 if scheme == "BIO" else IOBES}
+    true_list, pred_list = [list(t) for t in true_tags], [list(p) for p in pred_tags]
+    with warnings.catch_warnings():
+        # no entity at all makes seqeval's macro average a mean of nothing; we only read micro
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report = classification_report(true_list, pred_list, output_dict=True, zero_division=0, **kwargs)
+    micro = report["micro avg"]
+    result = {
+        "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]),
+        "f1": float(micro["f1-score"]),
+        "accuracy": float(
+            accuracy_score([t for s in true_list for t in s], [p for s in pred_list for p in s])
+        ),
+    }
+    for kind, scores in sorted(report.items()):
+        if kind.endswith(" avg"):
+            continue
+        result[f"{kind}_precision"] = float(scores["precision"])
+        result[f"{kind}_recall"] = float(scores["recall"])
+        result[f"{kind}_f1"] = float(scores["f1-score"])
+        result[f"{kind}_support"] = int(scores["support"])
+    return result
+
+
+class WordMetrics:
+    """Trainer ``compute_metrics`` on the words of one split (build one per split: the predictions Trainer hands
+    over are those of the split being evaluated). Trainer gives window-level predictions (argmax ids, in dataset
+    order); each word is read once, from the window that labels it, so the entity scores are those of the original
+    sentences (:func:`token_cls_metrics`). ``extra`` (``--extra_metrics``) gets the predicted and true tags of every
+    sentence, as seqeval-style lists of tag strings."""
+
+    def __init__(self, sentences, windows, id2label: dict[int, str], scheme: str, extra: ExtraMetrics | None = None):
+        self.sentences, self.windows, self.id2label = sentences, windows, id2label
+        self.scheme, self.extra = scheme, extra
+
+    def tags(self, pred_ids) -> list[list[str]]:
+        """The predicted tag of every word of every sentence of the split."""
+        from ftlib.data.token import words_predictions
+
+        pred_ids = pred_ids[0] if isinstance(pred_ids, tuple) else pred_ids  # (ids, probabilities): report
+        return words_predictions(pred_ids, self.windows, len(self.sentences), self.id2label)
+
+    def __call__(self, eval_pred) -> dict[str, float]:
+        predicted = self.tags(eval_pred.predictions)
+        gold = self.sentences["tags"]
+        metrics = token_cls_metrics(gold, predicted, self.scheme)
+        if self.extra is not None:
+            metrics.update(self.extra(predicted, gold, metrics))
+        return metrics
 
 
 logger = logging.getLogger(__name__)

@@ -220,7 +220,7 @@ def sentence_tags(predictions: dict[str, np.ndarray]) -> tuple[list[list[str]], 
 
 def entity_scores(gold_tags, pred_tags, scheme: str) -> dict[str, dict[str, float]]:
     """``{type: {"precision", "recall", "f1", "support"}}`` per entity type (seqeval, as the run's metrics)."""
-    from ftlib.data.token import token_cls_metrics
+    from ftlib.metrics import token_cls_metrics
 
     metrics = token_cls_metrics(gold_tags, pred_tags, scheme)
     types = sorted({k[: -len("_support")] for k in metrics if k.endswith("_support")})

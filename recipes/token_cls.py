@@ -7,11 +7,13 @@ Supports: CoNLL files (`token<TAB or spaces>tag` a line, a blank line between se
 LF or CRLF; with more columns the tag is the last one), JSON lines with word and tag lists, or a Hub dataset
 with word and tag columns (integer tags with ClassLabel names or --tag_names, or strings). IOB1, BIO, BIOES
 and IO tags are learnt as given and checked before anything loads (an I-X after O is an error naming the
-line). Labels sit on each word's first sub-token, or on all of them (--label_all_subtokens); a sentence longer
-than --max_seq_length becomes windows overlapping by --stride tokens, and each word is predicted once, in the
-window where it has the most context. Every labelled token weighs the same in the training loss, whatever the
-length of the sentences batched with it (--loss_per_token; false: transformers' mean over each batch, which
-over-weighs batches of short sentences, see bench/token_sampling.py). Metrics are word-level: seqeval entity
+line). Without a validation file, a seeded validation split is held out of train, stratified by each
+sentence's most frequent entity type. Labels sit on each word's first sub-token, or on all of them
+(--label_all_subtokens); a sentence longer than --max_seq_length becomes windows overlapping by --stride
+tokens, and each word is predicted once, in the window where it has the most context. Every labelled token
+weighs the same in the training loss, whatever the length of the sentences batched with it (--loss_per_token;
+false: transformers' mean over each batch, which over-weighs batches of short sentences, see
+bench/token_sampling.py). Metrics are word-level: seqeval entity
 precision / recall / F1, overall and per type, and token accuracy. Every ftlib strategy flag and every standard TrainingArguments flag work.
 Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, validation_predictions.conll
 and test_predictions.conll (`token<TAB>gold<TAB>predicted`, a blank line between sentences), a model card and
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 from transformers import (
     AutoModelForTokenClassification,
     DataCollatorForTokenClassification,
@@ -35,6 +37,7 @@ from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
 from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
 from ftlib.data.files import check_empty_inputs, limit_samples, load_data, source_name
+from ftlib.data.labels import SINGLE, LabelInfo, ensure_validation
 from ftlib.data.text import effective_max_length
 from ftlib.data.token import (
     IGNORE_INDEX,
@@ -43,12 +46,11 @@ from ftlib.data.token import (
     from_hub_columns,
     label_list,
     load_token_data,
-    token_cls_metrics,
+    sentence_strata,
     tokenize_dataset,
-    words_predictions,
     write_conll_predictions,
 )
-from ftlib.metrics import ExtraMetrics, load_extra_metrics
+from ftlib.metrics import WordMetrics, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.report import EvalExamples, argmax_with_probs
 from ftlib.run import TRAINING_DEFAULTS, predict, publish, save_model, set_best_metric, start_run, train
@@ -69,32 +71,8 @@ def load_sentences(data_args: TokenDataArguments, cache_dir: str | None = None) 
             data_args.tokens_column, data_args.tags_column, data_args.tag_names,
         )
     hub = load_data(data_args, cache_dir)
-    return from_hub_columns(hub, data_args.tokens_column, data_args.tags_column, data_args.tag_names)
-
-
-class WordMetrics:
-    """Trainer ``compute_metrics`` on words. The Trainer hands over window-level predictions (argmax ids, in
-    dataset order) of the split being evaluated, ``self.split``; each word is read once, from the window that
-    labels it, so the entity scores are those of the original sentences. ``extra`` (``--extra_metrics``) gets the
-    predicted and true tags of every sentence, as seqeval-style lists of tag strings."""
-
-    def __init__(self, sentences: DatasetDict, windows: dict[str, Dataset], id2label: dict[int, str], scheme: str,
-                 extra: ExtraMetrics | None = None):
-        self.sentences, self.windows, self.id2label, self.scheme = sentences, windows, id2label, scheme
-        self.extra = extra
-        self.split = "validation"
-
-    def tags(self, pred_ids, split: str) -> list[list[str]]:
-        pred_ids = pred_ids[0] if isinstance(pred_ids, tuple) else pred_ids  # (ids, probabilities): report
-        return words_predictions(pred_ids, self.windows[split], len(self.sentences[split]), self.id2label)
-
-    def __call__(self, eval_pred) -> dict[str, float]:
-        predicted = self.tags(eval_pred.predictions, self.split)
-        gold = self.sentences[self.split]["tags"]
-        metrics = token_cls_metrics(gold, predicted, self.scheme)
-        if self.extra is not None:
-            metrics.update(self.extra(predicted, gold, metrics))
-        return metrics
+    return from_hub_columns(hub, data_args.tokens_column, data_args.tags_column, data_args.tag_names,
+                            source=data_args.dataset_name)
 
 
 def main(
@@ -111,16 +89,14 @@ def main(
     raw = check_empty_inputs(load_sentences(data_args, model_args.cache_dir), ["tokens"], data_args, "sentence")
     sources = {split: source_name(data_args, split) for split in raw}
 
-    # -- labels: the scheme, every split checked against it, tags from train (an unseen one is an error)
+    # -- labels: the scheme, every split checked against it, tags from train (an unseen one is an error); without a
+    # validation split, a seeded one held out of train, stratified by each sentence's most frequent entity type
     scheme = data_args.tag_scheme or detect_scheme(raw["train"]["tags"])
     for split in raw:
         check_tags(raw[split], scheme, sources[split])
-    names = label_list(raw, sources)
-    id2label = dict(enumerate(names))
-    label2id = {name: i for i, name in id2label.items()}
-    if "validation" not in raw:
-        held = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=training_args.seed)
-        raw["train"], raw["validation"] = held["train"], held["test"]
+    labels = LabelInfo(SINGLE, label_list(raw, sources))  # each token one class
+    raw = ensure_validation(raw, None, data_args.validation_split_percentage, training_args.seed,
+                            strata=sentence_strata(raw["train"]["tags"]))
     raw = limit_samples(raw, data_args)
 
     # -- model and tokenizer
@@ -128,7 +104,7 @@ def main(
     tokenizer = load_tokenizer(model_args, checkpoint)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{model_args.model_name_or_path}: token classification needs a fast tokenizer (word ids)")
-    config = load_config_for_labels(model_args, len(names), id2label, "single_label_classification",
+    config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type,
                                     checkpoint=checkpoint)
     model = load_model(AutoModelForTokenClassification, model_args, config, checkpoint)
 
@@ -139,7 +115,7 @@ def main(
     max_length = effective_max_length(tokenizer, config, data_args.max_seq_length)
     with training_args.main_process_first(desc="tokenizing"):
         windows = {
-            split: tokenize_dataset(raw[split], tokenizer, label2id, max_length, data_args.label_all_subtokens,
+            split: tokenize_dataset(raw[split], tokenizer, labels.label2id, max_length, data_args.label_all_subtokens,
                                     data_args.stride, num_proc=data_args.preprocessing_num_workers)
             for split in raw
         }
@@ -150,10 +126,11 @@ def main(
 
     # -- trainer
     set_best_metric(training_args, "f1", True)
-    word_metrics = WordMetrics(raw, windows, id2label, scheme, extra_metrics)
+    word_metrics = {split: WordMetrics(raw[split], windows[split], labels.id2label, scheme, extra_metrics)
+                    for split in ("validation", "test") if split in raw}  # one per split: no mode to switch
     train_labels = windows["train"]["labels"]
     class_weights = class_weights_from_labels(
-        ft_args.class_weights, [i for row in train_labels for i in row if i != IGNORE_INDEX], len(names)
+        ft_args.class_weights, [i for row in train_labels for i in row if i != IGNORE_INDEX], labels.num_labels
     )
     # every labelled token the same weight, whatever the length of the sentences batched with it (see compute_loss)
     tokens_per_batch = (labelled_tokens_per_batch(train_labels, training_args.per_device_train_batch_size, class_weights)
@@ -167,7 +144,7 @@ def main(
         data_collator=DataCollatorForTokenClassification(
             tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None
         ),
-        compute_metrics=word_metrics,
+        compute_metrics=word_metrics["validation"],
         preprocess_logits_for_metrics=argmax_with_probs,  # ids, and the probabilities the report needs
         ft_args=ft_args,
         anatomy=anatomy,
@@ -182,19 +159,18 @@ def main(
     for split, prefix in (("validation", "eval"), ("test", "test")):
         if split not in raw:
             continue
-        word_metrics.split = split
+        trainer.compute_metrics = word_metrics[split]
         pred_ids, split_metrics = predict(trainer, inputs[split], prefix)
         metrics.update(split_metrics)
         if trainer.is_world_process_zero():
-            write_conll_predictions(
-                Path(training_args.output_dir) / f"{split}_predictions.conll", raw[split], word_metrics.tags(pred_ids, split)
-            )
+            path = Path(training_args.output_dir) / f"{split}_predictions.conll"
+            write_conll_predictions(path, raw[split], word_metrics[split].tags(pred_ids))
 
     # -- save, card, manifest, push
     save_model(trainer, ft_args)
     publish(
         trainer, ft_args, run.hub, metrics, base_model=public_name(model_args.model_name_or_path),
-        task="token-classification", dataset=data_args.dataset_name or data_args.train_file, label_names=names,
+        task="token-classification", dataset=data_args.dataset_name or data_args.train_file, label_names=labels.names,
         report=EvalExamples.tokens(raw["validation"], windows["validation"], scheme),
     )
     return metrics

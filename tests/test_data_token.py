@@ -11,6 +11,7 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Sequence as HfSequence
 
+from ftlib.data.labels import ensure_validation
 from ftlib.data.token import (
     IGNORE_INDEX,
     check_tags,
@@ -20,12 +21,13 @@ from ftlib.data.token import (
     load_token_data,
     read_conll,
     read_jsonl,
-    token_cls_metrics,
+    sentence_strata,
     tokenize_and_align,
     tokenize_dataset,
     words_predictions,
     write_conll_predictions,
 )
+from ftlib.metrics import token_cls_metrics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -80,7 +82,7 @@ def test_read_conll_empty_file(tmp_path):
 def test_read_conll_not_utf8_names_offset_and_line(tmp_path):
     path = tmp_path / "latin1.conll"
     path.write_bytes("EU\tB-ORG\n\nM\u00fcller\tB-PER\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1\.conll: not valid UTF-8 at byte offset 11 \(line 3\)"):
+    with pytest.raises(ValueError, match=r"latin1\.conll is not UTF-8: line 3, byte 1 \(b'\\xfclle'\)"):  # as csv files
         read_conll(path)
 
 
@@ -104,7 +106,7 @@ def test_read_jsonl_int_tags_with_names_and_string_tags(tmp_path):
 
 def test_read_jsonl_missing_column_names_columns(tmp_path):
     path = _write(tmp_path / "a.jsonl", json.dumps({"tokens": ["EU"], "labels": ["B-ORG"]}) + "\n")
-    with pytest.raises(ValueError, match=r"column 'tags' not found; the columns are \['labels', 'tokens'\]"):
+    with pytest.raises(ValueError, match=r"a\.jsonl, line 1: no column 'tags'; the columns are tokens, labels"):
         read_jsonl(path)
 
 
@@ -127,8 +129,8 @@ def test_from_hub_columns_classlabel_and_strings():
 
     strings = Dataset.from_dict({"tokens": [["Paris"]], "tags": [["B-LOC"]]})
     assert from_hub_columns(strings)["tags"] == [["B-LOC"]]
-    with pytest.raises(ValueError, match=r"column 'labels' not found; the columns are \['tags', 'tokens'\]"):
-        from_hub_columns(strings, "tokens", "labels")
+    with pytest.raises(ValueError, match=r"^conll:train: no column 'labels'; the columns are tokens, tags$"):
+        from_hub_columns(DatasetDict({"train": strings}), "tokens", "labels", source="conll")
 
 
 def test_load_token_data_by_extension(tmp_path):
@@ -140,6 +142,25 @@ def test_load_token_data_by_extension(tmp_path):
     assert data["validation"]["tags"] == [["B-ORG"]]
     with pytest.raises(ValueError, match=r"unknown extension '\.csv'"):
         load_token_data(train_file=tmp_path / "train.csv")
+
+
+def test_held_out_validation_is_seeded_and_stratified_by_entity_type():
+    """No validation file: 10% of train held out, seeded, each sentence's most frequent entity type (or none) keeping
+    its share (labels.py's stratified split, as for text and images)."""
+    assert sentence_strata([["B-PER", "I-PER", "O", "B-LOC"], ["O", "O"], ["I-LOC", "I-ORG"], ["S-MISC"]]) == [
+        "PER", "O", "LOC", "MISC"]  # a tie: the first type alphabetically; any scheme's prefixes
+    kinds = ["O"] * 60 + ["PER"] * 20 + ["LOC"] * 10 + ["ORG"] * 10
+    tags = [["O", "O"] if k == "O" else [f"B-{k}", "O"] for k in kinds]
+    train = Dataset.from_dict({"id": [str(i) for i in range(100)], "tokens": [["w", "w"]] * 100, "tags": tags})
+
+    def held(seed):
+        data = ensure_validation(DatasetDict({"train": train}), None, 10, seed, strata=sentence_strata(train["tags"]))
+        return data["train"], data["validation"]
+
+    rest, val = held(0)
+    assert len(rest) == 90 and len(val) == 10 and not set(rest["id"]) & set(val["id"])
+    assert sorted(sentence_strata(val["tags"])) == ["LOC"] + ["O"] * 6 + ["ORG"] + ["PER"] * 2
+    assert held(0)[1]["id"] == val["id"] and held(1)[1]["id"] != val["id"]
 
 
 # --------------------------------------------------------------------------- tag schemes

@@ -15,8 +15,9 @@ from transformers import AutoConfig, TrainingArguments
 
 from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
 from ftlib.cli import parse_args
-from ftlib.data.token import read_conll, token_cls_metrics
+from ftlib.data.token import read_conll
 from ftlib.integrity import verify_manifest
+from ftlib.metrics import token_cls_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs" / "token_cls").glob("*.yaml"))

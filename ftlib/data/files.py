@@ -49,6 +49,13 @@ def check_text_file(path: Path) -> None:
         raise ValueError(f"data file has no rows: {path}")
 
 
+def read_text_file(path: str | Path) -> str:
+    """The text of a UTF-8 data file (a byte-order mark dropped), checked first by :func:`check_text_file`."""
+    path = Path(path)
+    check_text_file(path)
+    return path.read_bytes().decode("utf-8-sig")
+
+
 def load_files(files: dict[str, str | None], cache_dir: str | None = None) -> DatasetDict:
     """Load local files (csv, tsv, json, jsonl, parquet) by split name; all splits must share a format."""
     files = {split: Path(p) for split, p in files.items() if p}
@@ -97,13 +104,16 @@ def source_name(data_args, role: str) -> str:
     return f"{data_args.dataset_name}:{role}"
 
 
+def missing_columns_error(missing: Sequence[str], columns: Sequence[str], source: str) -> ValueError:
+    """The error for columns (or keys of a JSON row) that are not there, naming them and those that are."""
+    return ValueError(f"{source}: no column {', '.join(map(repr, missing))}; the columns are {', '.join(columns)}")
+
+
 def require_columns(dataset: Dataset, columns: list[str], source: str) -> None:
     """A missing column is an error naming it and the columns that exist."""
     missing = [c for c in columns if c and c not in dataset.column_names]
     if missing:
-        raise ValueError(
-            f"{source}: no column {', '.join(map(repr, missing))}; the columns are {', '.join(dataset.column_names)}"
-        )
+        raise missing_columns_error(missing, dataset.column_names, source)
 
 
 def load_data(data_args, cache_dir: str | None = None) -> DatasetDict:

@@ -3,6 +3,7 @@ catch bad labels before training (a single class, a label only validation or tes
 
 from __future__ import annotations
 
+from collections.abc import Sequence as AbcSequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,11 +127,13 @@ def encode_labels(dataset: Dataset, column: str, info: LabelInfo, source: str, s
 
 
 def stratified_split(
-    dataset: Dataset, column: str, percentage: float, seed: int, stratify: bool = True
+    dataset: Dataset, column: str | None, percentage: float, seed: int, stratify: bool = True,
+    strata: AbcSequence | None = None,
 ) -> tuple[Dataset, Dataset]:
-    """(train, validation) with ``percentage`` % held out, seeded; stratified by label when ``stratify`` and
-    the split can hold every class (each class has two rows, each side at least one row per class)."""
-    labels = [str(v) for v in dataset[column]]
+    """(train, validation) with ``percentage`` % held out, seeded; stratified by label (or by ``strata``, one value
+    per row, where a row has no single label: a sentence's entity type) when ``stratify`` and the split can hold
+    every class (each class has two rows, each side at least one row per class)."""
+    labels = [str(v) for v in (dataset[column] if strata is None else strata)]
     counts = {label: labels.count(label) for label in set(labels)}
     n_val = int(np.ceil(len(labels) * percentage / 100.0))
     feasible = min(counts.values()) >= 2 and len(counts) <= min(n_val, len(labels) - n_val)
@@ -140,11 +143,13 @@ def stratified_split(
     return dataset.select(sorted(train_idx)), dataset.select(sorted(val_idx))
 
 
-def ensure_validation(data: DatasetDict, column: str, percentage: float, seed: int, stratify: bool = True) -> DatasetDict:
-    """Carve a seeded (stratified for classification) validation split out of train when there is none."""
+def ensure_validation(data: DatasetDict, column: str | None, percentage: float, seed: int, stratify: bool = True,
+                      strata: AbcSequence | None = None) -> DatasetDict:
+    """Carve a seeded (stratified for classification) validation split out of train when there is none; ``strata``:
+    what to stratify by instead of ``column``, one value per training row."""
     if "validation" in data:
         return data
-    data["train"], data["validation"] = stratified_split(data["train"], column, percentage, seed, stratify)
+    data["train"], data["validation"] = stratified_split(data["train"], column, percentage, seed, stratify, strata)
     return data
 
 

@@ -1,4 +1,4 @@
-"""Token-classification (NER) data: readers, tag schemes, sub-word label alignment, metrics.
+"""Token-classification (NER) data: readers, tag schemes, sub-word label alignment, word predictions.
 
 Every reader returns a `datasets.Dataset` with columns `id` (str), `tokens` (list[str]) and `tags`
 (list[str]); the CoNLL and JSON-lines readers add `line_numbers` (list[int], 1-based, one per token)
@@ -10,20 +10,18 @@ Typical flow (what `recipes/token_cls.py` does)::
     scheme = detect_scheme(raw["train"]["tags"])
     for split in raw:
         check_tags(raw[split], scheme, source=files[split])
-    labels = label_list(raw)                       # also: no tag in validation/test unseen in train
-    label2id = {t: i for i, t in enumerate(labels)}
-    windows = tokenize_dataset(raw["validation"], tokenizer, label2id, max_length=256, stride=32)
+    labels = LabelInfo(SINGLE, label_list(raw))    # also: no tag in validation/test unseen in train
+    raw = ensure_validation(raw, None, 10, seed, strata=sentence_strata(raw["train"]["tags"]))  # ftlib.data.labels
+    windows = tokenize_dataset(raw["validation"], tokenizer, labels.label2id, max_length=256, stride=32)
     ...                                            # Trainer.predict(windows) -> logits
-    pred_tags = words_predictions(logits.argmax(-1), windows, len(raw["validation"]), id2label)
-    token_cls_metrics(raw["validation"]["tags"], pred_tags, scheme)
+    pred_tags = words_predictions(logits.argmax(-1), windows, len(raw["validation"]), labels.id2label)
+    token_cls_metrics(raw["validation"]["tags"], pred_tags, scheme)  # ftlib.metrics
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +29,8 @@ from typing import Any, Literal
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Sequence as HfSequence
+
+from ftlib.data.files import missing_columns_error, read_text_file, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -52,21 +52,6 @@ _FEATURES_NO_LINES = Features({k: v for k, v in _FEATURES.items() if k != "line_
 
 
 # --------------------------------------------------------------------------- readers
-
-
-def _decode_utf8(path: Path) -> str:
-    """The file's text; a non-UTF-8 byte is a ValueError naming the file, byte offset and line."""
-    data = path.read_bytes()
-    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[skip:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        offset = skip + e.start
-        line = data[:offset].count(b"\n") + 1
-        raise ValueError(
-            f"{path}: not valid UTF-8 at byte offset {offset} (line {line}): {e.reason}; "
-            "re-encode the file as UTF-8"
-        ) from None
 
 
 def _lines(text: str) -> list[str]:
@@ -99,7 +84,7 @@ def read_conll(path: str | Path) -> Dataset:
             cur_tag.clear()
             cur_line.clear()
 
-    for number, line in enumerate(_lines(_decode_utf8(path)), start=1):
+    for number, line in enumerate(_lines(read_text_file(path)), start=1):
         if not line.strip():
             flush()
             continue
@@ -122,10 +107,6 @@ def read_conll(path: str | Path) -> Dataset:
     return Dataset.from_dict(
         {"id": ids, "tokens": tokens, "tags": tags, "line_numbers": lines}, features=_FEATURES
     )
-
-
-def _missing_column(column: str, existing: Iterable[str], where: str) -> ValueError:
-    return ValueError(f"{where}: column {column!r} not found; the columns are {sorted(set(existing))}")
 
 
 def _tags_to_str(tags: Sequence[Any], label_names: Sequence[str] | None, where: str) -> list[str]:
@@ -154,7 +135,7 @@ def read_jsonl(
     else its index. `line_numbers` repeats the row's line for every token (JSON lines only).
     """
     path = Path(path)
-    text = _decode_utf8(path)
+    text = read_text_file(path)
     rows: list[tuple[int | None, Any]] = []
     if text.lstrip().startswith("["):
         try:
@@ -177,9 +158,9 @@ def read_jsonl(
         # a malformed file is a ValueError throughout this module, whatever the cause
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
-        for column in (tokens_column, tags_column):
-            if column not in row:
-                raise _missing_column(column, row, where)
+        missing = [column for column in (tokens_column, tags_column) if column not in row]
+        if missing:
+            raise missing_columns_error(missing, list(row), where)
         toks, tags = row[tokens_column], row[tags_column]
         if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
             raise ValueError(f"{where}: {tokens_column!r} must be a list of strings")
@@ -201,23 +182,24 @@ def from_hub_columns(
     tokens_column: str = "tokens",
     tags_column: str = "tags",
     label_names: Sequence[str] | None = None,
+    source: str = "dataset",
 ) -> Dataset | DatasetDict:
     """Bring a Hub dataset to `id`/`tokens`/`tags` (string tags).
 
     Integer tags use the names of their `Sequence(ClassLabel)` feature (or `label_names` when the
-    feature has none); string tags are kept. Other columns are dropped.
+    feature has none); string tags are kept. Other columns are dropped. Errors name `source` (a
+    `DatasetDict`'s splits as `source:split`, the way `ftlib.data.files.source_name` does).
     """
     if isinstance(dataset, DatasetDict):
         return DatasetDict(
-            {k: from_hub_columns(v, tokens_column, tags_column, label_names) for k, v in dataset.items()}
+            {split: from_hub_columns(part, tokens_column, tags_column, label_names, f"{source}:{split}")
+             for split, part in dataset.items()}
         )
-    for column in (tokens_column, tags_column):
-        if column not in dataset.column_names:
-            raise _missing_column(column, dataset.column_names, "dataset")
+    require_columns(dataset, [tokens_column, tags_column], source)
     inner = getattr(dataset.features[tags_column], "feature", None)
     names = inner.names if isinstance(inner, ClassLabel) else label_names
     ids = [str(i) for i in dataset["id"]] if "id" in dataset.column_names else None
-    tags = [_tags_to_str(row, names, f"dataset, row {i}") for i, row in enumerate(dataset[tags_column])]
+    tags = [_tags_to_str(row, names, f"{source}, row {i}") for i, row in enumerate(dataset[tags_column])]
     return Dataset.from_dict(
         {
             "id": ids if ids is not None else [str(i) for i in range(len(dataset))],
@@ -386,6 +368,22 @@ def label_list(
                         "split, so the model cannot learn it"
                     )
     return sorted(seen, key=lambda t: (t != "O", t))
+
+
+def sentence_strata(tag_lists: Iterable[Sequence[str]]) -> list[str]:
+    """What to stratify a held-out validation split by, one value per sentence: its most frequent entity type
+    (tags' types, whatever the scheme's prefixes; a tie goes to the first in alphabetical order), "O" for a
+    sentence without entities. Rare types keep their share of validation sentences, and so do sentences
+    without entities."""
+    strata = []
+    for tags in tag_lists:
+        counts: dict[str, int] = {}
+        for tag in tags:
+            kind = _split_tag(tag)[1]
+            if kind:
+                counts[kind] = counts.get(kind, 0) + 1
+        strata.append(min(counts, key=lambda k: (-counts[k], k)) if counts else "O")
+    return strata
 
 
 # --------------------------------------------------------------------------- sub-word alignment
@@ -587,49 +585,7 @@ def words_predictions(
     return [["O" if w is None else w for w in words] for words in out]  # type: ignore[union-attr]
 
 
-# --------------------------------------------------------------------------- metrics and output
-
-
-def token_cls_metrics(
-    true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], scheme: Scheme
-) -> dict[str, float]:
-    """Entity-level precision/recall/f1 (seqeval) overall and per type, plus token accuracy.
-
-    BIO and BIOES are scored in seqeval's strict mode (an entity counts only if it is well formed
-    under the scheme); IOB1 and IO in its default, conlleval-compatible mode. Keys: `precision`,
-    `recall`, `f1`, `accuracy`, and per type `PER_precision`, `PER_recall`, `PER_f1`, `PER_support`.
-    """
-    from seqeval.metrics import classification_report
-    from seqeval.scheme import IOB2, IOBES
-    from sklearn.metrics import accuracy_score
-
-    if len(true_tags) != len(pred_tags) or any(len(t) != len(p) for t, p in zip(true_tags, pred_tags)):
-        raise ValueError("true_tags and pred_tags must have the same sentences and lengths")
-    kwargs: dict[str, Any] = {}
-    if scheme in ("BIO", "BIOES"):
-        kwargs = {"mode": "strict", "scheme": IOB2 if scheme == "BIO" else IOBES}
-    true_list, pred_list = [list(t) for t in true_tags], [list(p) for p in pred_tags]
-    with warnings.catch_warnings():
-        # no entity at all makes seqeval's macro average a mean of nothing; we only read micro
-        warnings.simplefilter("ignore", RuntimeWarning)
-        report = classification_report(true_list, pred_list, output_dict=True, zero_division=0, **kwargs)
-    micro = report["micro avg"]
-    result = {
-        "precision": float(micro["precision"]),
-        "recall": float(micro["recall"]),
-        "f1": float(micro["f1-score"]),
-        "accuracy": float(
-            accuracy_score([t for s in true_list for t in s], [p for s in pred_list for p in s])
-        ),
-    }
-    for kind, scores in sorted(report.items()):
-        if kind.endswith(" avg"):
-            continue
-        result[f"{kind}_precision"] = float(scores["precision"])
-        result[f"{kind}_recall"] = float(scores["recall"])
-        result[f"{kind}_f1"] = float(scores["f1-score"])
-        result[f"{kind}_support"] = int(scores["support"])
-    return result
+# --------------------------------------------------------------------------- output
 
 
 def write_conll_predictions(path: str | Path, dataset: Dataset, pred_tags: Sequence[Sequence[str]]) -> None:
