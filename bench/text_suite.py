@@ -154,7 +154,7 @@ def stored(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None) -> None:
+def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None, markdown: bool = False) -> None:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if datasets and row["dataset"] not in datasets or batches and row["batch"] not in batches:
@@ -168,15 +168,24 @@ def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None)
         dataset, size, batch, run = item
         return order.get(dataset, 99), size if isinstance(size, int) else 10**9, batch, run != "plain", run
 
-    print(f"\n{'dataset':<17} {'size':>5} {'batch':>5} {'run':<22} {'seeds':>5} {'mean':>6} {'std':>6} {'worst':>6} "
-          f"{'vs plain':>8} {'wall s':>7}")
+    header = ["dataset", "size", "batch", "run", "seeds", "mean", "std", "worst", "vs plain", "wall s"]
+    widths = [17, 5, 5, 22, 5, 6, 6, 6, 8, 7]
+    lines = []
     for group in sorted(groups, key=sort_key):
         values = [r["metric"] for r in groups[group]]
         plain = groups.get((*group[:3], "plain"))
         delta = statistics.mean(values) - statistics.mean(r["metric"] for r in plain) if plain and group[3] != "plain" else None
-        print(f"{group[0]:<17} {group[1]!s:>5} {group[2]:>5} {group[3]:<22} {len(values):>5} "
-              f"{statistics.mean(values):>6.3f} {statistics.pstdev(values):>6.3f} {min(values):>6.3f} "
-              f"{'' if delta is None else f'{delta:+.3f}':>8} {statistics.mean(r['wall_s'] for r in groups[group]):>7.1f}")
+        lines.append([group[0], str(group[1]), str(group[2]), group[3], str(len(values)), f"{statistics.mean(values):.3f}",
+                      f"{statistics.pstdev(values):.3f}", f"{min(values):.3f}", "" if delta is None else f"{delta:+.3f}",
+                      f"{statistics.mean(r['wall_s'] for r in groups[group]):.0f}"])
+    if markdown:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+        return
+    print()
+    for line in [header, *lines]:
+        print(" ".join(f"{cell:<{w}}" if i in (0, 3) else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(line, widths))))
 
 
 def main() -> None:
@@ -190,10 +199,11 @@ def main() -> None:
     parser.add_argument("--tag", default=None, help="name the recipe runs are stored under (default: recipe)")
     parser.add_argument("--results", default=str(ROOT / "outputs" / "text_suite.jsonl"))
     parser.add_argument("--report", action="store_true", help="print the table of stored results and exit")
+    parser.add_argument("--markdown", action="store_true", help="with --report: the table as markdown")
     args = parser.parse_args()
     results = Path(args.results)
     if args.report:
-        report(stored(results), args.datasets, args.sizes, args.batch_sizes)
+        report(stored(results), args.datasets, args.sizes, args.batch_sizes, markdown=args.markdown)
         return
     if not TWEETEVAL.is_dir():
         sys.exit(f"needs {DATA} (../shared beside the project)")
