@@ -14,14 +14,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST = "MANIFEST.sha256.json"
-# Not part of a result: written by tools that read the directory, the manifest itself, or the lock of the run
-# that writes the directory (ftlib.outputs.LOCK_FILE, present until that run ends).
-IGNORED = {MANIFEST, ".gitattributes", ".ftlib-run.lock"}
+# Written last, through this temporary name and an atomic rename: a directory has its manifest only once its
+# final save is complete, so one without it is unfinished (ftlib.outputs.prepare_output_dir resumes it).
+MANIFEST_PARTIAL = ".ftlib-manifest.partial"
+# Not part of a result: written by tools that read the directory, the manifest itself (and its partial copy left
+# by a kill), or the lock of the run that writes the directory (ftlib.outputs.LOCK_FILE, present until that run ends).
+IGNORED = {MANIFEST, MANIFEST_PARTIAL, ".gitattributes", ".ftlib-run.lock"}
 IGNORED_DIRS = {".cache", ".git", ".huggingface"}
 
 
@@ -55,8 +59,12 @@ def write_manifest(
     manifest: dict = {"algorithm": "sha256", "files": files}
     if published is not None:
         manifest["published"] = sorted({Path(p).as_posix() for p in published} & set(files))
-    path = root / MANIFEST
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    path, partial = root / MANIFEST, root / MANIFEST_PARTIAL
+    with partial.open("w", encoding="utf-8") as handle:  # complete on disk before it takes the manifest's name
+        handle.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
     return path
 
 
@@ -90,6 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         "--snapshot", action="store_true", help="the directory is a downloaded Hub snapshot: expect the published files only"
     )
     args = parser.parse_args(argv)
+    root = Path(args.directory)
+    if not root.is_dir():
+        print(f"{args.directory}: FAILED (not a directory)")
+        return 1
+    if not (root / MANIFEST).is_file():  # one line, no traceback: the run that wrote it did not finish its final save
+        if args.snapshot:
+            print(f"{args.directory}: FAILED (no {MANIFEST}: not a snapshot of a model pushed by ftlib)")
+            return 1
+        print(f"{args.directory}: unfinished (no {MANIFEST}: the run that wrote it did not finish; rerun the same "
+              "command to resume it)")
+        return 1
+    try:
+        json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        print(f"{args.directory}: FAILED ({MANIFEST} is unreadable: {err})")
+        return 1
     problems = verify_manifest(args.directory, snapshot=args.snapshot)
     for problem in problems:
         print(problem)

@@ -15,9 +15,12 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from ftlib.integrity import MANIFEST
+
 logger = logging.getLogger(__name__)
 
-# A directory holding any of these holds a finished model (plain, adapter, or a recipe's results).
+# A directory holding any of these holds a model (plain, adapter, or a recipe's results): finished when its manifest
+# is there too (is_finished), else unfinished (a final save cut short), which a rerun resumes from its checkpoints.
 FINISHED_MARKERS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "all_results.json")
 # Held (flock) by the main process of the run that owns the directory; names that run. Never pushed (hub.NOT_PUSHED:
 # ".ftlib-*"), never in the manifest (integrity.IGNORED), removed when the run releases it.
@@ -36,8 +39,10 @@ def prepare_output_dir(
     """Check ``output_dir`` before anything trains; returns the checkpoint to resume from, if any.
 
     - a path that is a file, or a directory that cannot be written: error naming it;
-    - a finished model there: error unless ``overwrite`` (nothing is deleted either way: files are
-      replaced only as the new run saves its own);
+    - a finished model there (its manifest present, :func:`is_finished`): error unless ``overwrite`` (nothing is
+      deleted either way: files are replaced only as the new run saves its own);
+    - an unfinished one (model files, no manifest: a kill during the final save): resume from the last complete
+      checkpoint and redo the final save, with a warning; error saying so when there is no checkpoint;
     - ``checkpoint-*`` folders there and no explicit choice: resume from the last complete one (see
       :func:`last_complete_checkpoint`; ``world_size``: the processes of this run);
     - less free space than ``min_free_bytes``: error with both figures.
@@ -45,13 +50,23 @@ def prepare_output_dir(
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--output_dir {path} exists and is a file, not a directory")
+    unfinished = False  # model files but no manifest: a final save that was cut short (see is_finished)
     if path.is_dir() and not overwrite:
-        finished = [m for m in FINISHED_MARKERS if (path / m).exists()]
-        if finished and not resume_from_checkpoint:
-            raise ValueError(
-                f"--output_dir {path} already holds a finished model ({', '.join(finished)}); "
-                "pass --overwrite_output_dir to replace it, or choose another directory"
-            )
+        present = [m for m in FINISHED_MARKERS if (path / m).exists()]
+        if present and not resume_from_checkpoint:
+            if is_finished(path):
+                raise ValueError(
+                    f"--output_dir {path} already holds a finished model ({', '.join(present)}); "
+                    "pass --overwrite_output_dir to replace it, or choose another directory"
+                )
+            if last_complete_checkpoint(path, world_size) is None:
+                raise ValueError(
+                    f"--output_dir {path} holds an unfinished output ({', '.join(present)} but no {MANIFEST}: "
+                    "a run stopped during its final save, or the output predates manifests) and no complete "
+                    "checkpoint-* folder to resume from; pass --overwrite_output_dir to train again from the "
+                    "start (its files are replaced), or choose another directory"
+                )
+            unfinished = True
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -76,9 +91,18 @@ def prepare_output_dir(
     if overwrite:
         return None
     last = last_complete_checkpoint(path, world_size)
-    if last is not None:
+    if unfinished:
+        logger.warning("%s holds an unfinished final save (model files but no %s): resuming from %s and redoing "
+                       "the final save (pass --overwrite_output_dir to start over)", path, MANIFEST, last)
+    elif last is not None:
         logger.warning("resuming from %s (pass --overwrite_output_dir to start over)", last)
     return last
+
+
+def is_finished(output_dir: str | os.PathLike) -> bool:
+    """A run's output is finished when its manifest is there: :func:`ftlib.integrity.write_manifest` writes
+    it last, atomically, once every file of the final save is complete."""
+    return (Path(output_dir) / MANIFEST).is_file()
 
 
 def output_dir_holder(output_dir: str | os.PathLike) -> str | None:

@@ -27,7 +27,7 @@ from ftlib.hub import (
     take_hub_settings,
     write_model_card,
 )
-from ftlib.integrity import write_manifest
+from ftlib.integrity import MANIFEST, write_manifest
 from ftlib.launch import check_launch
 from ftlib.lora import save_lora
 from ftlib.outputs import (
@@ -160,6 +160,8 @@ class TakeOutputDir(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             lock_output_dir(args.output_dir)
+            # from here on the run rewrites the final output: it is unfinished until publish writes a new manifest
+            (Path(args.output_dir) / MANIFEST).unlink(missing_ok=True)
             if self.config:
                 (Path(args.output_dir) / CONFIG_FILE).write_text(self.config, encoding="utf-8")
 

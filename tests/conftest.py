@@ -141,6 +141,8 @@ so that a test can SIGKILL the processes there (other ranks run on until they wa
   step:N[:M]  before micro-batch M (default 0) of optimizer step N
   midsave:N   while checkpoint-N is half written (weights and optimizer saved, RNG and trainer state not yet)
   hold:N      before optimizer step N until the test creates FTTEST_DIR/release, then on (no kill needed)
+  finalsave:N before the N-th file write of the final save (after training: results, state, model, tokenizer,
+              card, report, manifest and its rename), counted in every run in FTTEST_DIR/finalsave.rank0.txt
 """
 
 import importlib.abc
@@ -194,6 +196,78 @@ def _patch(module):
 
     cls.training_step = hooked_training_step
     cls._save_rng_state = hooked_save_rng_state
+    _hook_final_save(cls, kind, at)
+
+
+def _hook_final_save(cls, kind, at):
+    """From the end of ``train()`` on, rank 0 counts every file written under the output directory (Python
+    opens for writing and renames, seen by an audit hook; safetensors and tokenizers write from Rust, so their
+    Python entry points are wrapped), records each in FTTEST_DIR/finalsave.rank0.txt and, with
+    ``finalsave:N``, pauses before the N-th."""
+    import safetensors.torch
+    from transformers import tokenization_utils_tokenizers as fast
+
+    state = {"trainer": None, "count": 0, "busy": False, "root": None}
+
+    def before_write(path):
+        trainer = state["trainer"]
+        if trainer is None or state["busy"]:
+            return
+        path = os.path.abspath(os.fsdecode(path))
+        if not path.startswith(state["root"] + os.sep):
+            return
+        rel = os.path.relpath(path, state["root"])
+        if rel.startswith(("checkpoint-", "runs")):
+            return
+        state["busy"] = True  # the record and the pause marker are writes too
+        try:
+            state["count"] += 1
+            with open(os.path.join(os.environ["FTTEST_DIR"], "finalsave.rank0.txt"), "a") as handle:
+                handle.write(rel + "\\n")
+            if kind == "finalsave" and state["count"] == at[0]:
+                _pause(trainer, f"before final-save file {state['count']}: {rel}")
+        finally:
+            state["busy"] = False
+
+    def audit(event, args):
+        if event == "open" and args[0] is not None and not isinstance(args[0], int):
+            mode, flags = args[1], args[2]
+            if (any(c in mode for c in "wax+") if isinstance(mode, str)
+                    else flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                before_write(args[0])
+        elif event == "os.rename":
+            before_write(args[1])
+
+    sys.addaudithook(audit)
+    train, serialize_file, save_tokenizer = cls.train, safetensors.torch.serialize_file, fast.TokenizersBackend._save_pretrained
+
+    def hooked_train(self, *args, **kwargs):
+        result = train(self, *args, **kwargs)
+        if self.args.process_index == 0:
+            state["trainer"], state["root"] = self, os.path.abspath(self.args.output_dir)
+        return result
+
+    import torch
+
+    torch_save = torch.save
+
+    def hooked_torch_save(obj, f, *args, **kwargs):  # a path is written by torch's C++ writer: no audit event
+        if isinstance(f, (str, os.PathLike)):
+            before_write(f)
+        return torch_save(obj, f, *args, **kwargs)
+
+    def hooked_serialize_file(tensors, filename, *args, **kwargs):
+        before_write(filename)
+        return serialize_file(tensors, filename, *args, **kwargs)
+
+    def hooked_save_tokenizer(self, save_directory, *args, **kwargs):
+        before_write(os.path.join(str(save_directory), "tokenizer.json"))
+        return save_tokenizer(self, save_directory, *args, **kwargs)
+
+    cls.train = hooked_train
+    safetensors.torch.serialize_file = hooked_serialize_file
+    fast.TokenizersBackend._save_pretrained = hooked_save_tokenizer
+    torch.save = hooked_torch_save
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):

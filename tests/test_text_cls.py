@@ -227,7 +227,17 @@ def test_bad_inputs_fail_before_training_and_keep_earlier_results(tiny_bert_dir,
 
 
 def test_finished_output_dir_is_not_overwritten(tiny_bert_dir, tmp_path, finished_dir):
+    """Model files and their manifest: finished, refused. Model files without a manifest and no checkpoint to
+    resume from (a final save cut short, or an output older than manifests): refused as unfinished (issue 11 item 5)."""
+    from ftlib.integrity import write_manifest
+
     train = write_csv(tmp_path / "train.csv", sentiment_rows(1))
+    before = snapshot(finished_dir)
+    with pytest.raises(ValueError, match=r"holds an unfinished output \(model.safetensors but no MANIFEST.sha256.json"
+                       r".*no complete checkpoint-\* folder.*--overwrite_output_dir"):
+        run(base_argv(tiny_bert_dir, train, finished_dir))
+    assert snapshot(finished_dir) == before
+    write_manifest(finished_dir)
     before = snapshot(finished_dir)
     with pytest.raises(ValueError, match=r"already holds a finished model \(model.safetensors\).*--overwrite_output_dir"):
         run(base_argv(tiny_bert_dir, train, finished_dir))
