@@ -215,6 +215,12 @@ class FineTuneArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output directory that holds a finished model."}
     )
+    allow_config_change: bool = field(
+        default=False,
+        metadata={"help": "Resume from a checkpoint whose saved config.yaml differs from this run's (beyond the keys "
+                          "that may always change); the checkpoint's optimizer and scheduler state still set the "
+                          "learning rates."},
+    )
     push_min_metric: float | None = field(
         default=None,
         metadata={"help": "Quality gate: refuse to push when the evaluation metric_for_best_model is below this."},

@@ -176,6 +176,34 @@ def config_yaml(instances: Sequence[Any]) -> str:
     return header + yaml.safe_dump(effective_config(instances), sort_keys=False, allow_unicode=True)
 
 
+# Keys that may differ between a checkpoint's config.yaml and the run that resumes from it (see
+# :func:`config_changes`); any other difference needs --allow_config_change. Keep this list short.
+RESUMABLE_KEYS = frozenset({
+    # where and how the run is started (the checkpoint may be copied elsewhere)
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "allow_config_change", "cache_dir", "local_rank",
+    # a longer run: extend the training
+    "num_train_epochs", "max_steps",
+    # logging and progress display
+    "logging_strategy", "logging_steps", "logging_first_step", "log_level", "log_level_replica", "log_on_each_node",
+    "disable_tqdm", "report_to", "run_name", "project", "skip_memory_metrics",
+    # evaluation batch size and data loading workers (results are the same)
+    "per_device_eval_batch_size", "eval_accumulation_steps", "preprocessing_num_workers", "dataloader_num_workers",
+    "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    # pushing the final model (checkpoints are never pushed)
+    "push_to_hub", "hub_model_id", "hub_private_repo", "hub_strategy", "hub_always_push", "hub_revision",
+    "push_min_metric", "save_total_limit",
+})
+
+
+def config_changes(saved: str, current: str) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, current value)}`` for the keys outside :data:`RESUMABLE_KEYS` whose values differ
+    between two :func:`config_yaml` texts. A key only one of them has (a field added or removed between ftlib
+    versions) is not a change."""
+    old, new = yaml.safe_load(saved) or {}, yaml.safe_load(current) or {}
+    return {key: (old[key], new[key]) for key in new
+            if key in old and key not in RESUMABLE_KEYS and old[key] != new[key]}
+
+
 def _parse(parser: _Parser, args: list[str], config_path: str | None) -> tuple:
     try:
         return tuple(parser.parse_args_into_dataclasses(args=args))

@@ -16,7 +16,7 @@ import transformers
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from ftlib.args import FineTuneArguments
-from ftlib.cli import config_yaml
+from ftlib.cli import ConfigError, config_changes, config_yaml
 from ftlib.hub import (
     HubSettings,
     check_push_access,
@@ -80,8 +80,36 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *oth
         check_push_access(hub, later=push_command(training_args.output_dir, hub, ft_args.push_min_metric))
     config = config_yaml((*other_args, ft_args, training_args))  # as parsed, before any step adjusts them
     resume = claim_output_dir(training_args, ft_args)
+    if resume is not None:
+        check_resume_config(resume, config, ft_args.allow_config_change)
     set_seed(training_args.seed)
     return RunStart(resume, hub, config)
+
+
+def check_resume_config(checkpoint: str, config: str, allow_change: bool = False) -> None:
+    """Before anything loads: refuse to resume from ``checkpoint`` when the configuration it saved
+    (``config.yaml``, see :class:`TakeOutputDir`) differs from this run's ``config`` outside
+    :data:`ftlib.cli.RESUMABLE_KEYS`, naming every key and both values; ``allow_change``
+    (``--allow_config_change``) logs the changes and resumes. A checkpoint without it (older runs) resumes
+    with a warning."""
+    saved_file = Path(checkpoint) / CONFIG_FILE
+    if not saved_file.is_file():
+        logger.warning("%s has no %s (saved by an older ftlib): resuming without checking that its configuration "
+                       "matches this run's", checkpoint, CONFIG_FILE)
+        return
+    changes = config_changes(saved_file.read_text(encoding="utf-8"), config)
+    if not changes:
+        return
+    listed = "; ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, (old, new) in changes.items())
+    if allow_change:
+        logger.warning("--allow_config_change: resuming from %s with a changed configuration (%s); its optimizer "
+                       "and scheduler state keep the checkpoint's learning rates", checkpoint, listed)
+        return
+    raise ConfigError(
+        f"resuming from {checkpoint}, saved with a different configuration: {listed}. Resuming would mix the two "
+        "(the checkpoint's optimizer and scheduler state keep its learning rates). Run with the checkpoint's "
+        "values, pass --allow_config_change true to resume anyway, or --overwrite_output_dir true to start over"
+    )
 
 
 def claim_output_dir(training_args: TrainingArguments, ft_args: FineTuneArguments) -> str | None:
@@ -133,7 +161,7 @@ def strategy_summary(ft_args: FineTuneArguments, training_args: TrainingArgument
     summary = {
         f.name: getattr(ft_args, f.name)
         for f in dataclasses.fields(ft_args)
-        if getattr(ft_args, f.name) != getattr(defaults, f.name) and f.name not in ("overwrite_output_dir",)
+        if getattr(ft_args, f.name) != getattr(defaults, f.name) and f.name not in ("overwrite_output_dir", "allow_config_change")
     }
     summary.update(
         learning_rate=training_args.learning_rate,
@@ -152,7 +180,8 @@ def strategy_summary(ft_args: FineTuneArguments, training_args: TrainingArgument
 class TakeOutputDir(TrainerCallback):
     """When training begins (not before: a run that stops on bad input leaves no trace), the main process locks
     the output directory (:func:`lock_output_dir`; raises naming the holder when another run took it since the
-    start) and writes ``config.yaml``, the run's effective configuration."""
+    start) and writes ``config.yaml``, the run's effective configuration; and into every checkpoint it saves, so
+    that a resume can compare (:func:`check_resume_config`). Checkpoints are never pushed (``hub.NOT_PUSHED``)."""
 
     def __init__(self, config: str | None):
         self.config = config
@@ -164,6 +193,11 @@ class TakeOutputDir(TrainerCallback):
             (Path(args.output_dir) / MANIFEST).unlink(missing_ok=True)
             if self.config:
                 (Path(args.output_dir) / CONFIG_FILE).write_text(self.config, encoding="utf-8")
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and self.config and folder.is_dir():
+            (folder / CONFIG_FILE).write_text(self.config, encoding="utf-8")
 
 
 def train(trainer, resume_from: str | None, config: str | None = None) -> dict[str, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -333,6 +334,28 @@ class FtTrainer(Trainer):
         if self.is_world_process_zero():
             print(f"Optimizer {type(self.optimizer).__name__}, parameter groups:\n{self.group_table}", flush=True)
         return self.optimizer
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Trainer's resume restores the checkpoint's optimizer and scheduler state, learning rates included,
+        whatever this run's flags say (``--allow_config_change``): when those rates differ from the table printed
+        by :meth:`create_optimizer`, print the table again with the rates really used (and the model card's)."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.optimizer is None or not self.group_table:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        groups = self.optimizer.param_groups
+        restored = SimpleNamespace(param_groups=[{**g, "lr": g.get("initial_lr", g["lr"])} for g in groups])
+        table = format_group_table(model, restored, self._gradual.schedule() if self._gradual else None, self.anatomy)
+        if table == self.group_table:
+            return
+        self.group_table = table
+        now = ", ".join(f"{g.get('name', i)} {g['lr']:.3g}" for i, g in enumerate(groups))
+        message = (f"Resumed from {checkpoint}: its optimizer and scheduler state set the learning rates, not this "
+                   f"run's flags; parameter groups (lr: the checkpoint's schedule):\n{table}\n"
+                   f"learning rates at step {self.state.global_step}: {now}")
+        logger.warning("resumed optimizer learning rates differ from this run's flags: %s", now)
+        if self.is_world_process_zero():
+            print(message, flush=True)
 
     # -- sampling order ------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
