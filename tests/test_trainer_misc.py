@@ -278,15 +278,21 @@ def test_decode_logits_confusion_and_defaults():
 
 
 def test_finished_output_dir_refused_and_kept(tmp_path):
+    from ftlib.integrity import MANIFEST, write_manifest
+
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "config.json").write_text("{}")
+    # model files without a manifest: a final save that did not finish, and nothing to resume from
+    with pytest.raises(ValueError, match=r"holds an unfinished output .*--overwrite_output_dir"):
+        prepare_output_dir(tmp_path)
+    write_manifest(tmp_path)  # now finished
     with pytest.raises(
-        ValueError, match=r"already holds a finished model \(model.safetensors\).*--overwrite_output_dir"
+        ValueError, match=r"already holds a finished model \(.*model.safetensors.*\).*--overwrite_output_dir"
     ):
         prepare_output_dir(tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == b"weights"  # nothing deleted
     assert prepare_output_dir(tmp_path, overwrite=True) is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST, "config.json", "model.safetensors"])
 
 
 def test_output_dir_errors_and_auto_resume(tmp_path):
