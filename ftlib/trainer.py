@@ -277,6 +277,15 @@ class FtTrainer(Trainer):
             f"; {' and '.join(moved)} every {interval} steps" if moved else "",
         )
 
+    # -- resume at the end -------------------------------------------------------------------------------
+    def _run_epoch(self, *args, **kwargs):
+        # Trainer takes a step before it checks max_steps: resumed from the checkpoint of the last step, when that
+        # step is mid-epoch, it would train one step more than asked (and save checkpoint-(max_steps + 1)).
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     # -- weight averaging ----------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self._averaging is not None and resume_from_checkpoint:

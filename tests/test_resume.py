@@ -240,8 +240,6 @@ def test_length_grouped_order_depends_on_the_epoch_only():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="resuming from the checkpoint of the last step (checkpoint-10, max_steps 10) "
-                   "trains one step more (step 11, then checkpoint-11): to fix before the final weights can match")
 def test_kill_at_every_file_of_the_final_save(tiny_bert_dir, data, tmp_path, recipe_process, capsys):
     """Issue 11 item 5: SIGKILLed before each file the final save writes (results, state, model, tokenizer, card,
     report, the manifest and its rename), the output is visibly unfinished (no manifest; ftlib-verify says so in

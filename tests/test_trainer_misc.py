@@ -502,3 +502,16 @@ def test_soft_targets_with_class_weights_are_a_weighted_mean(make_core_trainer, 
     assert abs(expected - float(F.cross_entropy(logits, soft, weight=weights))) > 1e-3  # not torch's row mean
     assert float(hard_loss) == pytest.approx(float(F.cross_entropy(logits, hard, weight=weights)), abs=1e-6)
     assert float(one_hot) == pytest.approx(float(hard_loss), abs=1e-6)
+
+
+def test_resume_from_last_step_mid_epoch_trains_nothing(make_core_trainer, tmp_path):
+    # 16 rows, batch 4: step 6 is mid-epoch; Trainer alone would take a step 7 (issue 11 item 5)
+    from ftlib.args import FineTuneArguments
+
+    full = make_core_trainer(FineTuneArguments(), max_steps=6, save_strategy="steps", save_steps=6)
+    full.train()
+    resumed = make_core_trainer(FineTuneArguments(), max_steps=6, save_strategy="steps", save_steps=6, output_dir=str(tmp_path / "r"))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-6"))
+    assert resumed.state.global_step == 6
+    final = dict(resumed.model.named_parameters())
+    assert all(torch.equal(p, final[n]) for n, p in full.model.named_parameters())
