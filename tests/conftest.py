@@ -350,17 +350,27 @@ class RecipeProcess:
         while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
             time.sleep(0.05)
 
-    def wait(self, timeout: float = 300) -> str:
-        """Wait for a clean exit; returns the log."""
+    def _exit_code(self, timeout: float) -> int:
         import subprocess
 
         try:
-            code = self.proc.wait(timeout)
+            return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self._kill()
             pytest.fail(f"timed out after {timeout}s:\n{self.log()[-3000:]}")
+
+    def wait(self, timeout: float = 300) -> str:
+        """Wait for a clean exit; returns the log."""
+        code = self._exit_code(timeout)
         assert code == 0, f"exit code {code}:\n{self.log()[-4000:]}"
         return self.log()
+
+    def fails(self, timeout: float = 300) -> str:
+        """Wait for a non-zero exit (a refusal); returns the log."""
+        code = self._exit_code(timeout)
+        log = self.log()
+        assert code != 0, f"exit code 0, a refusal was expected:\n{log[-3000:]}"
+        return log
 
     def kill_when_paused(self, timeout: float = 300, also=None) -> str:
         """Wait until rank 0 reached the pause point (and ``also()`` is true, when given), SIGKILL every

@@ -195,18 +195,6 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return sentiment_csv(folder / "train.csv", 16), sentiment_csv(folder / "val.csv", 8, offset=100)
 
 
-def fails(process, timeout: float = 300) -> str:
-    """Wait for a non-zero exit; returns the log."""
-    try:
-        code = process.proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process._kill()
-        pytest.fail(f"timed out after {timeout}s:\n{process.log()[-3000:]}")
-    log = process.log()
-    assert code != 0, f"exit code 0, a refusal was expected:\n{log[-3000:]}"
-    return log
-
-
 def snapshot(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
@@ -222,7 +210,7 @@ def test_two_processes_without_use_cpu_stop_before_writing(tiny_bert_dir, data, 
     cmd = command(tiny_bert_dir, data, out, 2)
     at = cmd.index("--use_cpu")
     del cmd[at:at + 2]
-    log = fails(recipe_process(cmd, tmp_path / "rec"))
+    log = recipe_process(cmd, tmp_path / "rec").fails()
     assert log.count("ValueError: 2 processes were launched (WORLD_SIZE=2) but Trainer would not distribute them") == 2
     assert "add --use_cpu true to the recipe's flags on a machine without GPUs: accelerate launch --multi_gpu " \
            "--num_processes 2 recipes/text_cls.py ... --use_cpu true" in log
@@ -239,7 +227,7 @@ def test_fsdp_config_on_cpu_is_refused(tiny_bert_dir, data, tmp_path, recipe_pro
     del flags[at:at + 2]
     launcher = [Path(sys.executable).with_name("accelerate"), "launch", "--config_file", "accelerate_configs/fsdp.yaml",
                 "--num_processes", 2, "--mixed_precision", "no", "--main_process_port", free_port()]
-    log = fails(recipe_process([*launcher, *flags], tmp_path / "rec"))
+    log = recipe_process([*launcher, *flags], tmp_path / "rec").fails()
     assert log.count("ValueError: the accelerate config (distributed_type: FSDP) asks for FSDP, which shards the model "
                      "over GPUs, but this machine has no GPU") == 2
     assert "accelerate launch --multi_gpu --num_processes 2 recipes/text_cls.py ... --use_cpu true" in log
@@ -264,7 +252,7 @@ def test_concurrent_runs_on_one_output_dir(tiny_bert_dir, data, tmp_path, recipe
 
     cmd = command(tiny_bert_dir, data, out, 2)
     cmd[cmd.index("--seed") + 1] = "4"
-    log = fails(recipe_process(cmd, tmp_path / "rec-second"))
+    log = recipe_process(cmd, tmp_path / "rec-second").fails()
     assert log.count(f"ValueError: --output_dir {out} is in use by another run (pid {pid} on host ") == 2  # both ranks
     assert "Optimizer" not in log
     assert snapshot(out) == held
@@ -278,6 +266,6 @@ def test_concurrent_runs_on_one_output_dir(tiny_bert_dir, data, tmp_path, recipe
     assert not (out / LOCK_FILE).exists()  # released at the end of the run
 
     finished = snapshot(out)
-    log = fails(recipe_process(command(tiny_bert_dir, data, out, 1), tmp_path / "rec-third"))
+    log = recipe_process(command(tiny_bert_dir, data, out, 1), tmp_path / "rec-third").fails()
     assert f"ValueError: --output_dir {out} already holds a finished model" in log
     assert snapshot(out) == finished
