@@ -298,6 +298,16 @@ class FineTuneArguments:
         return json.loads(self.torch_optimizer_kwargs) if self.torch_optimizer_kwargs else {}
 
 
+def tune_thresholds_field():
+    """``--tune_thresholds``, the same in every recipe with multi-label classification (text, image)."""
+    return field(
+        default=None,
+        metadata={"help": "Multi-label: tune one decision threshold per label on the validation split at the end of "
+                          "training (each label's best F1), saved with the model as thresholds.json and used for the "
+                          "test predictions and by ftlib-predict. Unset: on for multi-label; false: 0.5 for every label."},
+    )
+
+
 @dataclass
 class TextDataArguments(DataArguments):
     text_column: str = field(default="text", metadata={"help": "Column with the text (the first sentence of a pair)."})
@@ -313,6 +323,7 @@ class TextDataArguments(DataArguments):
     label_separator: str | None = field(
         default=None, metadata={"help": "Multi-label from strings like 'a;b': the separator (';')."}
     )
+    tune_thresholds: bool | None = tune_thresholds_field()
     max_seq_length: int | None = field(
         default=256, metadata={"help": "Longest tokenised input; capped at the model's limit. Batches pad dynamically."}
     )
@@ -408,6 +419,7 @@ class ImageDataArguments(DataArguments):
     label_separator: str | None = field(
         default=None, metadata={"help": "Multi-label from strings like 'cat;dog': the separator (';')."}
     )
+    tune_thresholds: bool | None = tune_thresholds_field()
     image_size: int | None = field(
         default=None,
         metadata={"help": "Train and predict at this square size instead of the checkpoint's (its resize-to-crop ratio "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -67,11 +69,31 @@ def apply_lora(
         raise ValueError(f"LoRA: {err} (set --lora_target_modules to module names of this model)") from None
 
 
+# Beside an adapter: the fine-tuned model's transformers config (labels, problem type, head architecture), which the
+# adapter files do not hold. Not config.json: transformers would then take the folder for a complete model and load
+# the base weights from it, finding none.
+TASK_CONFIG = "task_config.json"
+
+
 def save_lora(model: PeftModel, output_dir: str | Path, merged: bool) -> nn.Module:
-    """Save the adapter (``adapter_model.safetensors``) or the merged plain model; returns what was saved."""
+    """Save the adapter (``adapter_model.safetensors``, and :data:`TASK_CONFIG`) or the merged plain model;
+    returns what was saved."""
     if merged:
         plain = model.merge_and_unload()
         plain.save_pretrained(output_dir)
         return plain
     model.save_pretrained(output_dir)
+    base = model.get_base_model()
+    config = copy.deepcopy(base.config)
+    config.architectures = [type(base).__name__]  # the head (save_pretrained records it so too)
+    config.to_json_file(Path(output_dir) / TASK_CONFIG, use_diff=False)
     return model
+
+
+def load_task_config(adapter_dir: str | Path):
+    """The fine-tuned model's config saved beside an adapter (:data:`TASK_CONFIG`)."""
+    from transformers import CONFIG_MAPPING
+
+    path = Path(adapter_dir) / TASK_CONFIG
+    model_type = json.loads(path.read_text(encoding="utf-8"))["model_type"]
+    return CONFIG_MAPPING[model_type].from_json_file(path)

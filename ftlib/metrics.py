@@ -74,9 +74,10 @@ def confusion(pred_ids, label_ids, num_labels: int) -> list[list[int]]:
     return confusion_matrix(label_ids, pred_ids, labels=list(range(num_labels))).tolist()
 
 
-def decode_logits(logits, problem_type: str, threshold: float = 0.5):
+def decode_logits(logits, problem_type: str, threshold=0.5):
     """(predictions, scores) from logits: class ids and their softmax probability; a 0/1 matrix and
-    sigmoid probabilities for multi-label; the values themselves for regression."""
+    sigmoid probabilities for multi-label (``threshold``: one for every label, or one per label, see
+    :mod:`ftlib.thresholds`); the values themselves for regression."""
     logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits, dtype=np.float64)
     if problem_type == "regression":
         values = logits.reshape(len(logits), -1)[:, 0]
@@ -89,25 +90,34 @@ def decode_logits(logits, problem_type: str, threshold: float = 0.5):
     return ids, probs[np.arange(len(ids)), ids]
 
 
-def compute_metrics_fn(problem_type: str, label_names: Sequence[str], extra: ExtraMetrics | None = None) -> Callable:
-    """A Trainer ``compute_metrics`` for the problem type; ``extra`` (``--extra_metrics``) adds evaluate modules,
-    given predicted and true class ids (0/1 rows for multi-label, values for regression)."""
+class ClassificationMetrics:
+    """A Trainer ``compute_metrics`` for the problem type (see :func:`compute_metrics_fn`). ``thresholds``:
+    the multi-label decision thresholds (0.5 until :func:`ftlib.run.tune_thresholds` sets the tuned ones)."""
 
-    def compute(eval_pred) -> dict[str, float]:
-        preds, _ = decode_logits(eval_pred.predictions, problem_type)
+    def __init__(self, problem_type: str, label_names: Sequence[str], extra: ExtraMetrics | None = None):
+        self.problem_type, self.label_names, self.extra = problem_type, label_names, extra
+        self.thresholds = 0.5
+
+    def __call__(self, eval_pred) -> dict[str, float]:
+        problem_type = self.problem_type
+        preds, _ = decode_logits(eval_pred.predictions, problem_type, self.thresholds)
         refs = eval_pred.label_ids
         if problem_type == "regression":
             metrics = regression_metrics(preds, refs)
         elif problem_type == "multi_label_classification":
-            metrics = multi_label_metrics(preds, refs, label_names)
+            metrics = multi_label_metrics(preds, refs, self.label_names)
             preds, refs = np.asarray(preds).astype(int), np.asarray(refs).astype(int)
         else:
-            metrics = single_label_metrics(preds, refs, label_names)
-        if extra is not None:
-            metrics.update(extra(preds, refs, metrics))
+            metrics = single_label_metrics(preds, refs, self.label_names)
+        if self.extra is not None:
+            metrics.update(self.extra(preds, refs, metrics))
         return metrics
 
-    return compute
+
+def compute_metrics_fn(problem_type: str, label_names: Sequence[str], extra: ExtraMetrics | None = None) -> Callable:
+    """A Trainer ``compute_metrics`` for the problem type; ``extra`` (``--extra_metrics``) adds evaluate modules,
+    given predicted and true class ids (0/1 rows for multi-label, values for regression)."""
+    return ClassificationMetrics(problem_type, label_names, extra)
 
 
 def token_cls_metrics(

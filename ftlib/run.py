@@ -325,13 +325,40 @@ def write_confusion_matrix(path: str | Path, predictions, label_ids, label_names
     return matrix
 
 
-def predict_test(trainer, dataset, ids, labels) -> dict[str, float]:
+def tune_thresholds(trainer, label_names: list[str]):
+    """Multi-label: one decision threshold per label, tuned on the last validation predictions
+    (``FtTrainer.last_eval_output``, the evaluation that just ran) and written to ``thresholds.json`` (main
+    process; :mod:`ftlib.thresholds`). From here on the trainer's metrics use them; pass them to
+    :func:`predict_test`. Returns them, one per label."""
+    import numpy as np
+    from scipy.special import expit
+
+    from ftlib.thresholds import THRESHOLDS_FILE, write_thresholds
+    from ftlib.thresholds import tune_thresholds as tune
+
+    output = trainer.last_eval_output
+    if output is None or output.label_ids is None:
+        raise ValueError("tuning thresholds needs an evaluation on the labelled validation split first")
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    tuned = tune(expit(np.asarray(logits, dtype=np.float64)), output.label_ids, label_names)
+    if trainer.is_world_process_zero():
+        write_thresholds(trainer.args.output_dir, tuned)
+    summary = ", ".join(f"{name} {cut:.3f}" for name, cut in tuned["thresholds"].items())
+    logger.info("thresholds tuned on %d validation rows (%s): %s", tuned["rows"], THRESHOLDS_FILE, summary)
+    thresholds = np.array([tuned["thresholds"][name] for name in label_names])
+    if hasattr(trainer.compute_metrics, "thresholds"):
+        trainer.compute_metrics.thresholds = thresholds
+    return thresholds
+
+
+def predict_test(trainer, dataset, ids, labels, thresholds=None) -> dict[str, float]:
     """Predict the test split: its metrics when it has labels (see :func:`predict`), and
-    ``test_predictions.csv`` with one row per id (``labels`` is the run's ``LabelInfo``)."""
+    ``test_predictions.csv`` with one row per id (``labels`` is the run's ``LabelInfo``; ``thresholds``:
+    multi-label decision thresholds from :func:`tune_thresholds`, else 0.5)."""
     from ftlib.metrics import decode_logits
 
     logits, metrics = predict(trainer, dataset, "test")
-    preds, scores = decode_logits(logits, labels.problem_type)
+    preds, scores = decode_logits(logits, labels.problem_type, 0.5 if thresholds is None else thresholds)
     if trainer.is_world_process_zero():
         write_predictions(Path(trainer.args.output_dir) / "test_predictions.csv", ids, labels.names, preds, scores,
                           labels.problem_type)

@@ -15,8 +15,9 @@ MixUp / CutMix on training batches; decoding and augmentation on the fly in Data
 strategy flag (freezing, layer-wise learning rates, gradual unfreezing, LoRA on attention with the head
 trained, class weights, early stopping) and every standard TrainingArguments flag.
 Writes to --output_dir: the model (safetensors) and its image processor, all_results.json,
-confusion_matrix.json (single-label, validation split), test_predictions.csv (id = image path), a model card
-and a SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric.
+confusion_matrix.json (single-label, validation split), test_predictions.csv (id = image path), thresholds.json
+(multi-label: per-label thresholds tuned on validation, --tune_thresholds), a model card and a SHA-256 manifest;
+--push_to_hub pushes them once, at the end, behind --push_min_metric. Apply the output to new data with ftlib-predict.
 Does not support: detection or segmentation, video, streaming datasets.
 """
 
@@ -55,8 +56,10 @@ from ftlib.run import (
     set_best_metric,
     start_run,
     train,
+    tune_thresholds,
     write_confusion_matrix,
 )
+from ftlib.thresholds import thresholds_wanted
 from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
 
 logger = logging.getLogger("ftlib.image_cls")
@@ -92,6 +95,7 @@ def main(
         raw, data_args, [data_args.image_column, data_args.id_column], training_args.seed, data_args.problem_type,
         data_args.label_separator,
     )
+    tune = thresholds_wanted(data_args.tune_thresholds, labels.problem_type)  # multi-label: per-label thresholds
     skipped: list[str] = []
     if data_args.check_images:
         raw, skipped = scan_images(raw, data_args.image_column, skip_corrupt=data_args.skip_corrupt_images,
@@ -155,12 +159,13 @@ def main(
     if labels.problem_type == SINGLE and trainer.is_world_process_zero():
         write_confusion_matrix(Path(training_args.output_dir) / "confusion_matrix.json",
                                decode_logits(logits, SINGLE)[0], raw["validation"]["labels"], labels.names)
+    thresholds = tune_thresholds(trainer, labels.names) if tune else None  # on that evaluation; thresholds.json
 
     # -- predict
     if "test" in data:
         column = data_args.id_column or data_args.image_column
         ids = raw["test"][column] if data_args.id_column else image_ids(raw["test"], column)
-        metrics.update(predict_test(trainer, data["test"], ids, labels))
+        metrics.update(predict_test(trainer, data["test"], ids, labels, thresholds))
 
     # -- save, card, manifest, push
     save_model(trainer, ft_args)

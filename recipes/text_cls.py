@@ -9,7 +9,9 @@ a seeded, stratified validation split when none is given; dynamic padding and le
 head+tail truncation; every ftlib strategy flag (freezing, layer-wise learning rates, gradual
 unfreezing, LoRA, class weights, early stopping) and every standard TrainingArguments flag.
 Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, test_predictions.csv,
-a model card and a SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric.
+thresholds.json (multi-label: per-label thresholds tuned on validation, --tune_thresholds), a model card and a
+SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric. Apply the output to new
+data with ftlib-predict.
 Does not support: generative classification, more than two text columns.
 """
 
@@ -36,7 +38,9 @@ from ftlib.run import (
     set_best_metric,
     start_run,
     train,
+    tune_thresholds,
 )
+from ftlib.thresholds import thresholds_wanted
 from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
 
 # Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
@@ -75,6 +79,7 @@ def main(
         raw, data_args, [data_args.text_column, data_args.text_pair_column, data_args.id_column], training_args.seed,
         data_args.problem_type, data_args.label_separator,
     )
+    tune = thresholds_wanted(data_args.tune_thresholds, labels.problem_type)  # multi-label: per-label thresholds
 
     # -- model and tokenizer
     checkpoint = prepare_checkpoint(model_args, training_args)  # short names converted once, main process first
@@ -120,11 +125,12 @@ def main(
     # -- train, evaluate
     metrics = train(trainer, run.resume_from, run.config)
     metrics.update(evaluate(trainer, encoded["validation"]))
+    thresholds = tune_thresholds(trainer, labels.names) if tune else None  # on that evaluation; thresholds.json
 
     # -- predict
     if "test" in encoded:
         ids = raw["test"][data_args.id_column] if data_args.id_column else np.arange(len(raw["test"]))
-        metrics.update(predict_test(trainer, encoded["test"], ids, labels))
+        metrics.update(predict_test(trainer, encoded["test"], ids, labels, thresholds))
 
     # -- save, card, manifest, push
     save_model(trainer, ft_args)

@@ -132,6 +132,26 @@ def undecoded(dataset: Dataset, column: str) -> Dataset:
     return dataset
 
 
+def image_references(dataset: Dataset, column: str, table: str | os.PathLike | None = None) -> Dataset:
+    """`dataset` with its image column undecoded (:func:`undecoded`) and, when it holds paths read from the
+    file `table`, those paths made absolute relative to the file's folder (:func:`resolve_paths`)."""
+    if table and getattr(dataset.features[column], "dtype", None) in ("string", "large_string"):
+        dataset = resolve_paths(dataset, column, Path(table).parent)
+    return undecoded(dataset, column)
+
+
+def list_image_folder(root: str | os.PathLike, image_column: str = "image") -> Dataset:
+    """Every image under `root` (recursive, any layout, hidden entries skipped) as a column of paths, sorted:
+    the images to predict. Class sub-folders are not labels here."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder not found: {root}")
+    paths = [str(p) for p in _list_images(root)]
+    if not paths:
+        raise ValueError(f"No images found in {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return Dataset.from_dict({image_column: paths})
+
+
 def load_image_data(data_args, cache_dir: str | None = None) -> DatasetDict:
     """The splits `data_args` names (`image_folder`, csv / jsonl / parquet `*_file`s, or a Hub
     `dataset_name`) with the image column undecoded and file paths absolute. Labels are left as they are."""
@@ -144,9 +164,7 @@ def load_image_data(data_args, cache_dir: str | None = None) -> DatasetDict:
         if column not in raw[split].column_names:
             continue  # the shared column check names it, with the source
         table = getattr(data_args, f"{split}_file", None) if data_args.train_file else None
-        if table and getattr(raw[split].features[column], "dtype", None) in ("string", "large_string"):
-            raw[split] = resolve_paths(raw[split], column, Path(table).parent)
-        raw[split] = undecoded(raw[split], column)
+        raw[split] = image_references(raw[split], column, table)
     return raw
 
 

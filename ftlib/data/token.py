@@ -51,6 +51,11 @@ _FEATURES = Features(
 _FEATURES_NO_LINES = Features({k: v for k, v in _FEATURES.items() if k != "line_numbers"})
 
 
+def _features(lines: bool, tags: bool) -> Features:
+    """The reader's columns: ``line_numbers`` when the lines are known, ``tags`` when the data has them."""
+    return Features({k: v for k, v in _FEATURES.items() if (lines or k != "line_numbers") and (tags or k != "tags")})
+
+
 # --------------------------------------------------------------------------- readers
 
 
@@ -59,11 +64,13 @@ def _lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
-def read_conll(path: str | Path) -> Dataset:
+def read_conll(path: str | Path, require_tags: bool = True) -> Dataset:
     """Read a CoNLL file: `token<TAB or spaces>tag` a line, blank line between sentences.
 
     With more than two columns (CoNLL-2003's `token POS chunk tag`) the token is the first column and
     the tag the last. `-DOCSTART-` lines are skipped (and end a sentence). LF or CRLF, UTF-8.
+    ``require_tags=False`` (data to predict): a line may hold the token alone; the dataset has a ``tags``
+    column only when every token has a tag.
     """
     path = Path(path)
     ids: list[str] = []
@@ -94,19 +101,20 @@ def read_conll(path: str | Path) -> Dataset:
         if fields[0] == "-DOCSTART-":
             flush()
             continue
-        if len(fields) < 2:
+        if len(fields) < 2 and require_tags:
             raise ValueError(
                 f"{path}, line {number}: expected `token<TAB>tag` (two or more columns), got {line!r}"
             )
         cur_tok.append(fields[0])
-        cur_tag.append(fields[-1])
+        cur_tag.append(fields[-1] if len(fields) > 1 else None)
         cur_line.append(number)
     flush()
     if not tokens:
         raise ValueError(f"{path}: no sentences found (empty file, or only -DOCSTART-/blank lines)")
-    return Dataset.from_dict(
-        {"id": ids, "tokens": tokens, "tags": tags, "line_numbers": lines}, features=_FEATURES
-    )
+    columns = {"id": ids, "tokens": tokens, "tags": tags, "line_numbers": lines}
+    if any(tag is None for sentence_tags in tags for tag in sentence_tags):
+        del columns["tags"]  # some tokens have none (only without require_tags): tokens to predict
+    return Dataset.from_dict(columns, features=_features(lines=True, tags="tags" in columns))
 
 
 def _tags_to_str(tags: Sequence[Any], label_names: Sequence[str] | None, where: str) -> list[str]:
@@ -128,11 +136,14 @@ def read_jsonl(
     tokens_column: str = "tokens",
     tags_column: str = "tags",
     label_names: Sequence[str] | None = None,
+    require_tags: bool = True,
 ) -> Dataset:
     """Read JSON lines (or a JSON array) of objects holding a token list and a tag list.
 
     Integer tags are mapped to strings through `label_names`. `id` is the row's `id` field when present,
     else its index. `line_numbers` repeats the row's line for every token (JSON lines only).
+    ``require_tags=False`` (data to predict): rows may lack the tag list; the dataset has a ``tags`` column
+    only when every row has one.
     """
     path = Path(path)
     text = read_text_file(path)
@@ -158,23 +169,28 @@ def read_jsonl(
         # a malformed file is a ValueError throughout this module, whatever the cause
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
-        missing = [column for column in (tokens_column, tags_column) if column not in row]
+        needed = (tokens_column, tags_column) if require_tags else (tokens_column,)
+        missing = [column for column in needed if column not in row]
         if missing:
             raise missing_columns_error(missing, list(row), where)
-        toks, tags = row[tokens_column], row[tags_column]
+        toks, tags = row[tokens_column], row.get(tags_column)
         if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
             raise ValueError(f"{where}: {tokens_column!r} must be a list of strings")
-        if not isinstance(tags, list):
-            raise ValueError(f"{where}: {tags_column!r} must be a list")  # noqa: TRY004
-        if len(toks) != len(tags):
-            raise ValueError(f"{where}: {len(toks)} tokens but {len(tags)} tags")
+        if tags is not None:
+            if not isinstance(tags, list):
+                raise ValueError(f"{where}: {tags_column!r} must be a list")
+            if len(toks) != len(tags):
+                raise ValueError(f"{where}: {len(toks)} tokens but {len(tags)} tags")
+            tags = _tags_to_str(tags, label_names, where)
         out["id"].append(str(row.get("id", index)))
         out["tokens"].append(toks)
-        out["tags"].append(_tags_to_str(tags, label_names, where))
+        out["tags"].append(tags)
         out["line_numbers"].append([number] * len(toks) if with_lines else [])
     if not with_lines:
         del out["line_numbers"]
-    return Dataset.from_dict(out, features=_FEATURES if with_lines else _FEATURES_NO_LINES)
+    if any(tags is None for tags in out["tags"]):
+        del out["tags"]  # some rows have none (only without require_tags): tokens to predict
+    return Dataset.from_dict(out, features=_features(lines=with_lines, tags="tags" in out))
 
 
 def from_hub_columns(
@@ -223,23 +239,32 @@ def load_token_data(
     .txt/.conll/.iob/.bio -> `read_conll`; .json/.jsonl -> `read_jsonl`.
     """
     files = {"train": train_file, "validation": validation_file, "test": test_file}
-    splits = {}
-    for split, file in files.items():
-        if file is None:
-            continue
-        suffix = Path(file).suffix.lower()
-        if suffix in CONLL_EXTENSIONS:
-            splits[split] = read_conll(file)
-        elif suffix in JSON_EXTENSIONS:
-            splits[split] = read_jsonl(file, tokens_column, tags_column, label_names)
-        else:
-            raise ValueError(
-                f"{file}: unknown extension {suffix!r}; expected one of "
-                f"{', '.join(CONLL_EXTENSIONS + JSON_EXTENSIONS)}"
-            )
+    splits = {
+        split: read_token_file(file, tokens_column, tags_column, label_names)
+        for split, file in files.items()
+        if file is not None
+    }
     if not splits:
         raise ValueError("no data file given: pass train_file, validation_file and/or test_file")
     return DatasetDict(splits)
+
+
+def read_token_file(
+    path: str | Path,
+    tokens_column: str = "tokens",
+    tags_column: str = "tags",
+    label_names: Sequence[str] | None = None,
+    require_tags: bool = True,
+) -> Dataset:
+    """One file, the reader chosen by extension: .txt/.conll/.iob/.bio -> `read_conll`; .json/.jsonl -> `read_jsonl`."""
+    suffix = Path(path).suffix.lower()
+    if suffix in CONLL_EXTENSIONS:
+        return read_conll(path, require_tags)
+    if suffix in JSON_EXTENSIONS:
+        return read_jsonl(path, tokens_column, tags_column, label_names, require_tags)
+    raise ValueError(
+        f"{path}: unknown extension {suffix!r}; expected one of {', '.join(CONLL_EXTENSIONS + JSON_EXTENSIONS)}"
+    )
 
 
 # --------------------------------------------------------------------------- tag schemes
@@ -589,17 +614,19 @@ def words_predictions(
 
 
 def write_conll_predictions(path: str | Path, dataset: Dataset, pred_tags: Sequence[Sequence[str]]) -> None:
-    """Write `token<TAB>gold<TAB>predicted` a line, a blank line between sentences, in input order."""
+    """Write `token<TAB>gold<TAB>predicted` a line (`token<TAB>predicted` when the dataset has no tags), a blank
+    line between sentences, in input order."""
     if len(pred_tags) != len(dataset):
         raise ValueError(f"{len(pred_tags)} predicted sentences for {len(dataset)} in the dataset")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    golds = dataset["tags"] if "tags" in dataset.column_names else [None] * len(dataset)
     with path.open("w", encoding="utf-8", newline="\n") as f:
-        for i, (tokens, gold, pred) in enumerate(zip(dataset["tokens"], dataset["tags"], pred_tags)):
-            if not (len(tokens) == len(gold) == len(pred)):
+        for i, (tokens, gold, pred) in enumerate(zip(dataset["tokens"], golds, pred_tags)):
+            if not (len(tokens) == len(gold if gold is not None else tokens) == len(pred)):
                 raise ValueError(
                     f"sentence {i}: {len(tokens)} tokens, {len(gold)} gold, {len(pred)} predicted"
                 )
-            for token, g, p in zip(tokens, gold, pred):
-                f.write(f"{token}\t{g}\t{p}\n")
+            for token, g, p in zip(tokens, gold if gold is not None else [None] * len(tokens), pred):
+                f.write(f"{token}\t{p}\n" if g is None else f"{token}\t{g}\t{p}\n")
             f.write("\n")
