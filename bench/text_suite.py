@@ -160,20 +160,23 @@ def stored(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None, markdown: bool = False) -> None:
+def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None, markdown: bool = False,
+           order: list[str] = DATASETS, subset_sizes: tuple[int, ...] = SUBSET_SIZES) -> None:
+    """Print the table of ``rows`` (mean, std, worst seed, delta vs plain, wall time per dataset, size, batch, run);
+    ``order`` sorts the datasets, ``subset_sizes`` tells subsets from full-size rows (which store the row count)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if datasets and row["dataset"] not in datasets or batches and row["batch"] not in batches:
             continue
-        full = row["size"] not in SUBSET_SIZES  # a full-size row stores the set's row count
+        full = row["size"] not in subset_sizes
         if sizes and str(row["size"]) not in sizes and not (full and "full" in sizes) or runs and row["run"] not in runs:
             continue
         groups.setdefault((row["dataset"], row["size"], row["batch"], row["run"]), []).append(row)
-    order = {name: i for i, name in enumerate(DATASETS)}
+    rank = {name: i for i, name in enumerate(order)}
 
     def sort_key(item):
         dataset, size, batch, run = item
-        return order.get(dataset, 99), size if isinstance(size, int) else 10**9, batch, run != "plain", run
+        return rank.get(dataset, 99), size if isinstance(size, int) else 10**9, batch, run != "plain", run
 
     header = ["dataset", "size", "batch", "run", "seeds", "mean", "std", "worst", "vs plain", "wall s"]
     widths = [17, 5, 5, 22, 5, 6, 6, 6, 8, 7]

@@ -198,6 +198,17 @@ class FineTuneArguments:
         metadata={"help": "Train the head alone for the first N optimizer steps (a fraction of training when < 1), "
                           "then the whole model: the fresh head stops sending noise into the pretrained blocks."},
     )
+    batch_norm: str = field(
+        default="train",
+        metadata={"help": "Batch-norm layers in training: 'train' (batch statistics; the running ones follow with "
+                          "--batch_norm_momentum) or 'frozen' (pretrained statistics throughout, as at evaluation).",
+                  "choices": ["train", "frozen"]},
+    )
+    batch_norm_momentum: float | None = field(
+        default=None,
+        metadata={"help": "Momentum of every batch-norm layer's running statistics (PyTorch's sense: the weight of "
+                          "the new batch; default: the checkpoint's)."},
+    )
     weight_averaging: str | None = field(
         default=None,
         metadata={"help": "Evaluate and save an average of the weights: 'ema' (exponential) or 'swa' (mean from "
@@ -258,6 +269,8 @@ class FineTuneArguments:
         if self.head_warmup_steps and (self.gradual_unfreeze or self.head_only):
             other = "--gradual_unfreeze" if self.gradual_unfreeze else "--head_only"
             raise ValueError(f"choose --head_warmup_steps or {other}: both decide when the blocks start training")
+        if self.batch_norm_momentum is not None and not 0.0 <= self.batch_norm_momentum <= 1.0:
+            raise ValueError(f"--batch_norm_momentum must be in [0, 1], got {self.batch_norm_momentum}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"--ema_decay must be in (0, 1), got {self.ema_decay}")
         if not 0.0 <= self.swa_start < 1.0:

@@ -1,5 +1,5 @@
-"""Strategies for small training sets: a training budget in optimizer steps, re-initialised top blocks, and
-weight averaging (EMA / SWA).
+"""Strategies for small training sets: a training budget in optimizer steps, re-initialised top blocks,
+batch-norm statistics (frozen, or following the new data), and weight averaging (EMA / SWA).
 
 Few-sample fine-tuning of pretrained encoders is unstable mostly for three reasons (Mosbach et al. 2021,
 "On the stability of fine-tuning BERT"; Zhang et al. 2021, "Revisiting few-sample BERT fine-tuning"): too few
@@ -36,6 +36,37 @@ def budget_epochs(num_rows: int, rows_per_step: int, epochs: float, min_steps: i
     if min_steps <= 0 or epochs * steps_per_epoch >= min_steps:
         return epochs
     return float(math.ceil(min_steps / steps_per_epoch))
+
+
+BATCH_NORM_MODES = ("train", "frozen")
+
+
+def set_batch_norm(model: nn.Module, mode: str = "train", momentum: float | None = None) -> int:
+    """How the model's batch-norm layers behave in training; returns how many there are.
+
+    ``"train"`` is PyTorch's behaviour: each training batch is normalised with its own statistics, and the running
+    statistics (used at evaluation) follow them with ``momentum`` (the checkpoint's own value when None; 0.1 is
+    PyTorch's default, and a checkpoint converted from TensorFlow often carries 0.01, so that after a short run
+    its evaluation still mostly uses ImageNet's statistics). ``"frozen"`` keeps every batch-norm layer in
+    evaluation mode, in training too: the pretrained statistics normalise training and evaluation alike, and
+    only the affine weights (if they train) learn: the usual advice for small batches and small data.
+    Models without batch norm (transformers, ConvNeXt's layer norm) are unaffected."""
+    if mode not in BATCH_NORM_MODES:
+        raise ValueError(f"batch norm mode must be one of {BATCH_NORM_MODES}, got {mode!r}")
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        if momentum is not None:
+            layer.momentum = momentum
+        if mode == "frozen":
+            # model.train() runs before every training step and would switch the layer back: a pre-hook runs
+            # after it, before each forward.
+            layer.register_forward_pre_hook(_keep_eval)
+    return len(layers)
+
+
+def _keep_eval(module: nn.Module, _inputs) -> None:
+    if module.training:
+        module.eval()
 
 
 @torch.no_grad()

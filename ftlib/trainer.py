@@ -30,7 +30,7 @@ from ftlib.args import FineTuneArguments
 from ftlib.freezing import apply_freezing, count_parameters
 from ftlib.lora import apply_lora
 from ftlib.optim import build_param_groups, create_optimizer, format_group_table, resolve_optimizer
-from ftlib.small_data import WeightAveragingCallback, budget_epochs, reinit_top_blocks
+from ftlib.small_data import WeightAveragingCallback, budget_epochs, reinit_top_blocks, set_batch_norm
 from ftlib.tracking import GroupLearningRateCallback
 from ftlib.unfreeze import GradualUnfreezeCallback, staged_parameters
 
@@ -41,6 +41,10 @@ def prepare_model(model: nn.Module, ft_args: FineTuneArguments, task_type: str |
     """Find the anatomy, wrap with LoRA when asked, apply the freezing flags. Returns ``(model, anatomy)``."""
     anatomy = find_anatomy(model, ft_args.blocks_pattern)
     reinit_top_blocks(model, anatomy, ft_args.reinit_top_blocks)
+    batch_norm_layers = set_batch_norm(model, ft_args.batch_norm, ft_args.batch_norm_momentum)
+    if batch_norm_layers and (ft_args.batch_norm != "train" or ft_args.batch_norm_momentum is not None):
+        logger.info("batch norm: %d layers %s%s", batch_norm_layers, ft_args.batch_norm,
+                    "" if ft_args.batch_norm_momentum is None else f", momentum {ft_args.batch_norm_momentum:g}")
     if ft_args.lora:
         model = apply_lora(
             model,

@@ -189,3 +189,70 @@ def test_weight_averaging_refuses_load_best_model_at_end(make_core_trainer, core
     with pytest.raises(ValueError, match="--weight_averaging and --load_best_model_at_end"):
         make_core_trainer(FineTuneArguments(weight_averaging="ema"), eval=core_data(8), load_best_model_at_end=True,
                           eval_strategy="steps", save_strategy="steps", eval_steps=2, save_steps=2)
+
+
+# -- batch norm -----------------------------------------------------------------------------------------------------
+def _tiny_resnet_trainer(tmp_path, ft_args: FineTuneArguments, steps: int = 3):
+    """A 2-stage ResNet (batch norm everywhere) with a 3-class head, trained on random 16 px images."""
+    from datasets import Dataset
+    from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
+
+    from ftlib.trainer import FtTrainer, prepare_model
+
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    model, anatomy = prepare_model(ResNetForImageClassification(config), ft_args)
+    pixels = torch.randn(16, 3, 16, 16) * 3 + 2  # statistics far from the initial (0, 1)
+    data = Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": [i % 3 for i in range(16)]}).with_format("torch")
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=steps,
+                             learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True, logging_steps=1)
+    return FtTrainer(model=model, args=args, train_dataset=data, ft_args=ft_args, anatomy=anatomy)
+
+
+def _batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_frozen_batch_norm_keeps_pretrained_statistics_while_weights_train(tmp_path):
+    trainer = _tiny_resnet_trainer(tmp_path, FineTuneArguments(batch_norm="frozen"))
+    layers = _batch_norms(trainer.model)
+    assert layers
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.weight.detach().clone()) for m in layers]
+    modes = []
+    hooks = [m.register_forward_hook(lambda mod, *_: modes.append(mod.training)) for m in layers]
+    trainer.train()
+    for hook in hooks:
+        hook.remove()
+    assert modes and not any(modes)  # every forward of a batch-norm layer ran in evaluation mode
+    for layer, (mean, var, weight) in zip(layers, before):
+        assert torch.equal(layer.running_mean, mean) and torch.equal(layer.running_var, var)
+        assert int(layer.num_batches_tracked) == 0
+    assert any(not torch.equal(layer.weight, weight) for layer, (_, _, weight) in zip(layers, before))
+
+
+@pytest.mark.parametrize("momentum", [None, 0.5])
+def test_training_batch_norm_statistics_follow_the_data_with_the_momentum_asked(tmp_path, momentum):
+    trainer = _tiny_resnet_trainer(tmp_path, FineTuneArguments(batch_norm_momentum=momentum), steps=2)
+    layers = _batch_norms(trainer.model)
+    assert all(m.momentum == (0.1 if momentum is None else momentum) for m in layers)  # None: the model's own
+    stem = layers[0]
+    mean_before = stem.running_mean.clone()
+    seen = []
+    stem.register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0].detach().mean(dim=(0, 2, 3))))
+    trainer.train()
+    assert int(stem.num_batches_tracked) == 2
+    # two updates of the running mean: m <- (1 - a) m + a * batch mean
+    a = 0.1 if momentum is None else momentum
+    expected = mean_before
+    for batch_mean in seen[:2]:
+        expected = (1 - a) * expected + a * batch_mean
+    torch.testing.assert_close(stem.running_mean, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_settings_are_checked():
+    with pytest.raises(ValueError, match="--batch_norm_momentum must be in"):
+        FineTuneArguments(batch_norm_momentum=1.5)
+    from ftlib.small_data import set_batch_norm
+
+    with pytest.raises(ValueError, match="batch norm mode"):
+        set_batch_norm(torch.nn.BatchNorm1d(2), "recalibrate")
