@@ -17,6 +17,7 @@ _EXPORTS = {
     "ftlib.cli": ["ConfigError", "parse_args"],
     "ftlib.freezing": ["apply_freezing", "count_parameters", "freeze_patterns", "layers_to_freeze", "set_trainable"],
     "ftlib.lora": ["apply_lora", "default_target_modules", "save_lora"],
+    "ftlib.lr_find": ["LRFindResult", "lr_find", "plot_lr_find"],
     "ftlib.optim": ["build_param_groups", "format_group_table", "layer_learning_rates", "resolve_optimizer"],
     "ftlib.small_data": ["WeightAveragingCallback", "budget_epochs", "reinit_top_blocks"],
     "ftlib.trainer": ["FtTrainer", "class_weights_from_labels", "prepare_model"],

@@ -216,6 +216,17 @@ class FineTuneArguments:
     )
     ema_decay: float = field(default=0.999, metadata={"help": "Decay of --weight_averaging ema (warmed up: min(decay, (1+t)/(10+t)))."})
     swa_start: float = field(default=0.5, metadata={"help": "Fraction of training after which --weight_averaging swa averages."})
+    # Learning-rate range test (see ftlib.lr_find)
+    lr_find: bool = field(
+        default=False,
+        metadata={"help": "Instead of training, sweep the learning rate exponentially for a few steps (every group "
+                          "scaled together), plot the loss (lr_find.png) and print the --learning_rate to use; nothing "
+                          "trained is kept."},
+    )
+    lr_find_start: float = field(default=1e-7, metadata={"help": "First base learning rate of --lr_find."})
+    lr_find_end: float = field(default=1.0, metadata={"help": "Last base learning rate of --lr_find (it stops earlier "
+                                                              "when the loss diverges)."})
+    lr_find_steps: int = field(default=100, metadata={"help": "Optimizer steps of the --lr_find sweep."})
     # Evaluation
     extra_metrics: list[str] | None = field(
         default=None,
@@ -297,6 +308,11 @@ class FineTuneArguments:
                 raise ValueError(f"--class_weights must all be positive, got {self.class_weights!r}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+        if not 0 < self.lr_find_start < self.lr_find_end or not math.isfinite(self.lr_find_end):
+            raise ValueError(f"--lr_find_start and --lr_find_end need 0 < start < end, got {self.lr_find_start} and "
+                             f"{self.lr_find_end}")
+        if self.lr_find_steps < 10:
+            raise ValueError(f"--lr_find_steps must be >= 10, got {self.lr_find_steps}")
         # flags that act only together with another one
         refuse_without(self, "--lora", self.lora, ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"))
         refuse_without(self, "--gradual_unfreeze", self.gradual_unfreeze > 0, ("gradual_unfreeze_unit", "gradual_unfreeze_blocks"))
@@ -305,6 +321,7 @@ class FineTuneArguments:
         refuse_without(self, "--torch_optimizer", self.torch_optimizer is not None, ("torch_optimizer_kwargs",))
         refuse_without(self, "--weight_averaging ema", self.weight_averaging == "ema", ("ema_decay",))
         refuse_without(self, "--weight_averaging swa", self.weight_averaging == "swa", ("swa_start",))
+        refuse_without(self, "--lr_find", self.lr_find, ("lr_find_start", "lr_find_end", "lr_find_steps"))
 
     @property
     def optimizer_kwargs(self) -> dict:

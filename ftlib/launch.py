@@ -140,7 +140,8 @@ def check_launch(training_args: TrainingArguments, ft_args: FineTuneArguments, e
         )
     if not launch.engine:
         return
-    for flag, on in (("--gradual_unfreeze", ft_args.gradual_unfreeze), ("--head_warmup_steps", ft_args.head_warmup_steps)):
+    for flag, on in (("--gradual_unfreeze", ft_args.gradual_unfreeze), ("--head_warmup_steps", ft_args.head_warmup_steps),
+                     ("--lr_find", ft_args.lr_find)):
         if on:  # the same refusal as FtTrainer's, before anything loads
             raise ValueError(f"{flag} works with single-device and DDP runs, not FSDP or DeepSpeed "
                              f"({launch.asked_by})")

@@ -76,10 +76,11 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *oth
     check_launch(training_args, ft_args)  # launched processes, engine and strategy agree, or stop before any write
     check_strategy_args(training_args, ft_args)
     hub = take_hub_settings(training_args)
-    if hub.push and training_args.process_index == 0:  # token, offline, reachable, write access: before anything is written
+    if hub.push and training_args.process_index == 0 and not ft_args.lr_find:  # token, offline, reachable, write access: before anything is written
         check_push_access(hub, later=push_command(training_args.output_dir, hub, ft_args.push_min_metric))
     config = config_yaml((*other_args, ft_args, training_args))  # as parsed, before any step adjusts them
-    resume = claim_output_dir(training_args, ft_args)
+    # --lr_find keeps nothing it trains: it neither takes nor resumes the output directory (ftlib.lr_find)
+    resume = None if ft_args.lr_find else claim_output_dir(training_args, ft_args)
     if resume is not None:
         check_resume_config(resume, config, ft_args.allow_config_change)
     set_seed(training_args.seed)

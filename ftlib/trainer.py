@@ -155,6 +155,8 @@ def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArgum
         raise ValueError(
             "--early_stopping_patience needs --eval_strategy (epoch or steps) and --load_best_model_at_end true"
         )
+    if ft_args.lr_find and training_args.resume_from_checkpoint:
+        raise ValueError("--lr_find trains nothing that a checkpoint could resume: drop --resume_from_checkpoint")
     # an unknown optimizer name, a kwarg it does not take, a missing optional package: said now, not after loading
     resolve_optimizer(training_args, ft_args.torch_optimizer, ft_args.optimizer_kwargs)
     if ft_args.push_min_metric is not None and not training_args.push_to_hub:

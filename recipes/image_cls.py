@@ -44,6 +44,7 @@ from ftlib.data.image import (
     scan_images,
 )
 from ftlib.data.labels import MULTI, SINGLE, prepare_splits
+from ftlib.lr_find import run_lr_find
 from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_image_processor, load_model
 from ftlib.report import EvalExamples
@@ -148,6 +149,10 @@ def main(
         class_weights=class_weights,
         train_batch_transform=mix,
     )
+
+    # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
+    if ft_args.lr_find:
+        return run_lr_find(trainer, ft_args)
 
     # -- train, evaluate (one pass over validation gives the metrics and the confusion matrix)
     metrics = train(trainer, run.resume_from, run.config)

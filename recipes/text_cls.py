@@ -26,6 +26,7 @@ from ftlib.cli import parse_args
 from ftlib.data.files import check_empty_inputs, load_data
 from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
+from ftlib.lr_find import run_lr_find
 from ftlib.metrics import compute_metrics_fn, default_metric, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.report import EvalExamples
@@ -121,6 +122,10 @@ def main(
         anatomy=anatomy,
         class_weights=class_weights,
     )
+
+    # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
+    if ft_args.lr_find:
+        return run_lr_find(trainer, ft_args)
 
     # -- train, evaluate
     metrics = train(trainer, run.resume_from, run.config)

@@ -50,6 +50,7 @@ from ftlib.data.token import (
     tokenize_dataset,
     write_conll_predictions,
 )
+from ftlib.lr_find import run_lr_find
 from ftlib.metrics import WordMetrics, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.report import EvalExamples, argmax_with_probs
@@ -151,6 +152,10 @@ def main(
         class_weights=class_weights,
         token_loss_normalizer=tokens_per_batch,
     )
+
+    # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
+    if ft_args.lr_find:
+        return run_lr_find(trainer, ft_args)
 
     # -- train
     metrics = train(trainer, run.resume_from, run.config)

@@ -49,6 +49,9 @@ GATED = {
     "gradual_unfreeze_blocks": ("--gradual_unfreeze", "2"),
     "early_stopping_threshold": ("--early_stopping_patience", "0.01"),
     "torch_optimizer_kwargs": ("--torch_optimizer", '{"momentum": 0.9}'),
+    "lr_find_start": ("--lr_find", "1e-6"),
+    "lr_find_end": ("--lr_find", "0.1"),
+    "lr_find_steps": ("--lr_find", "50"),
 }
 GATED_PER_RECIPE = {
     "text_cls": {"head_fraction": ("--truncation", "0.5")},

@@ -91,6 +91,7 @@ STRATEGY_CASES = [  # (env, strategy, refusal or None)
     (ZERO2, {"gradual_unfreeze": 1}, "^--gradual_unfreeze works with single-device and DDP runs"),
     (FSDP2, {"head_warmup_steps": 5}, "^--head_warmup_steps works with single-device and DDP runs, not FSDP or DeepSpeed"),
     (ZERO2, {"head_warmup_steps": 0.1}, "^--head_warmup_steps works with single-device and DDP runs"),
+    (FSDP2, {"lr_find": True}, "^--lr_find works with single-device and DDP runs, not FSDP or DeepSpeed"),
     (FSDP2, {"lora": True, "lora_save": "merged"}, "^--lora_save merged needs the whole model in one process, but FSDP"),
     (ZERO3, {"lora": True, "lora_save": "merged"}, "^--lora_save merged needs .* but DeepSpeed ZeRO-3 \\(.*\\(--lora_save adapter\\)"),
     (ZERO2, {"lora": True, "lora_save": "merged"}, None),  # ZeRO-2 keeps whole weights on every process
