@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from text_suite import key, report, stored  # noqa: E402 - the suites share storage and table
+from text_suite import key, report, stored
 
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 DATASETS = ["hymenoptera", "digits"]
@@ -94,7 +94,13 @@ def run_plain(checkpoint: str, train, test, size: int, batch: int, lr: float, se
     import torch
     from datasets import Dataset
     from PIL import Image
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from ftlib.data.image import resize_processor
 
@@ -164,7 +170,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="with --report: the table as markdown")
     args = parser.parse_args()
     results = Path(args.results)
-    table = dict(order=DATASETS, subset_sizes=SUBSET_SIZES)
+    table = {"order": DATASETS, "subset_sizes": SUBSET_SIZES}
     if args.report:
         report(stored(results), args.datasets, args.sizes, args.batch_sizes, markdown=args.markdown, **table)
         return

@@ -271,3 +271,27 @@ def test_demo_config_fine_tunes_efficientnet_lite0_on_digits(tmp_path):
     assert metrics["eval_accuracy"] >= 0.6, metrics  # 10 classes: chance is 0.1
     assert len(read_csv(out / "test_predictions.csv")) == 20
     assert AutoImageProcessor.from_pretrained(out).crop_size.height == 64
+
+
+@pytest.mark.slow
+def test_shipped_small_data_defaults_budget_and_frozen_batch_norm(tiny_resnet, tmp_path):
+    # the recipe as shipped (the test session's fixture sets the budget to 0 for the other tests)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_cls_as_shipped", ROOT / "recipes" / "image_cls.py")
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    assert shipped.RECIPE_DEFAULTS["min_train_steps"] == 250 and shipped.RECIPE_DEFAULTS["batch_norm"] == "frozen"
+
+    data = image_folder(tmp_path / "data", {"train": 4, "val": 2})
+    pretrained = load_file(tiny_resnet / "model.safetensors")
+    stats = [name for name in pretrained if name.endswith(("running_mean", "running_var"))]
+    assert stats
+    for mode in ("frozen", "train"):
+        out = tmp_path / mode
+        argv = base_argv(tiny_resnet, out, "--image_folder", data, "--batch_norm", mode, "--max_steps", "3")
+        shipped.main(*parse_args(PARSE, argv, defaults=shipped.RECIPE_DEFAULTS))
+        saved = load_file(out / "model.safetensors")
+        same = [torch.equal(saved[f"resnet.{name}"], pretrained[name]) for name in stats]  # backbone under resnet.
+        # frozen: the pretrained statistics are saved untouched; train: they followed the colour images
+        assert all(same) if mode == "frozen" else not any(same)
