@@ -214,6 +214,12 @@ def _parse(parser: _Parser, args: list[str], config_path: str | None) -> tuple:
         if "Some specified arguments are not used" in str(err):
             raise ConfigError(str(err)) from None
         raise
+    except ImportError as err:  # TrainingArguments(deepspeed=...) without the package: a version-check traceback
+        if "deepspeed" not in str(err).lower():
+            raise
+        from ftlib.launch import deepspeed_missing
+
+        raise ConfigError(deepspeed_missing("--deepspeed")) from None
 
 
 def explicit_keys(dataclass_types: Sequence[type], args: Sequence[str]) -> set[str]:

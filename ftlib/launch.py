@@ -38,6 +38,7 @@ class Launch:
     flattens: bool  # the engine replaces the model's parameters by flat buffers (FSDP v1 without use_orig_params)
     devices: int  # accelerator devices this process may use (0 with --use_cpu)
     use_cpu: bool
+    gathers_16bit: bool | None = None  # ZeRO-3: the weights are gathered for the final save (None: not ZeRO-3 or unknown)
 
 
 def _true(value) -> bool:
@@ -54,15 +55,27 @@ def _accelerator_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _zero_stage(config) -> int | None:
-    """ZeRO stage of a DeepSpeed config (a dict or a JSON file), None when it cannot be read."""
+def _zero_config(config) -> dict:
+    """The ``zero_optimization`` section of a DeepSpeed config (a dict or a JSON file), empty when it cannot be read."""
     if isinstance(config, (str, os.PathLike)):
         try:
             config = json.loads(Path(config).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
-    stage = (config or {}).get("zero_optimization", {}).get("stage") if isinstance(config, dict) else None
+            return {}
+    zero = config.get("zero_optimization") if isinstance(config, dict) else None
+    return zero if isinstance(zero, dict) else {}
+
+
+def _zero_stage(config) -> int | None:
+    """ZeRO stage of a DeepSpeed config (a dict or a JSON file), None when it cannot be read."""
+    stage = _zero_config(config).get("stage")
     return int(stage) if isinstance(stage, (int, str)) and str(stage).isdigit() else None
+
+
+def _gathers_16bit(config) -> bool | None:
+    """``stage3_gather_16bit_weights_on_model_save`` of a DeepSpeed config; None when absent, "auto" or unreadable."""
+    value = _zero_config(config).get("stage3_gather_16bit_weights_on_model_save")
+    return None if value is None or str(value).lower() == "auto" else _true(value)
 
 
 def describe_launch(training_args: TrainingArguments, env=None) -> Launch:
@@ -76,7 +89,7 @@ def describe_launch(training_args: TrainingArguments, env=None) -> Launch:
     local = int(env.get("LOCAL_WORLD_SIZE", "0") or 0) or processes
     together = training_args.parallel_mode in _TOGETHER
     use_cpu = bool(training_args.use_cpu) or _true(env.get("ACCELERATE_USE_CPU", "false"))
-    engine, asked_by, shards, flattens = None, "", False, False
+    engine, asked_by, shards, flattens, gathers_16bit = None, "", False, False, None
     if getattr(training_args, "fsdp", None) or _true(env.get("ACCELERATE_USE_FSDP", "false")):
         engine = "FSDP"
         if getattr(training_args, "fsdp", None):
@@ -96,13 +109,33 @@ def describe_launch(training_args: TrainingArguments, env=None) -> Launch:
         engine = "DeepSpeed"
         if getattr(training_args, "deepspeed", None):
             stage, asked_by = _zero_stage(training_args.deepspeed), "--deepspeed"
+            gathers = _gathers_16bit(training_args.deepspeed) or False  # DeepSpeed's default: not gathered
         else:
             stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-            stage = int(stage) if stage and stage.isdigit() else _zero_stage(env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
+            file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+            stage = int(stage) if stage and stage.isdigit() else _zero_stage(file)
+            # accelerate: the config file's value when it sets one, else zero3_save_16bit_model (default false)
+            gathers = _gathers_16bit(file) if file and file != "none" else None
+            if gathers is None:
+                gathers = _true(env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false"))
             asked_by = "the accelerate config (distributed_type: DEEPSPEED)"
         shards = stage == 3
+        gathers_16bit = gathers if shards else None
     devices = 0 if use_cpu else _accelerator_devices()
-    return Launch(processes, local, together, engine, asked_by, shards, flattens, devices, use_cpu)
+    return Launch(processes, local, together, engine, asked_by, shards, flattens, devices, use_cpu, gathers_16bit)
+
+
+def deepspeed_missing(asked_by: str) -> str:
+    """The message for a DeepSpeed launch without the ``deepspeed`` package."""
+    return (f"{asked_by} asks for DeepSpeed, but the deepspeed package is not installed: pip install deepspeed "
+            "(it builds against the installed torch and CUDA), or launch without DeepSpeed (FSDP: "
+            "accelerate_configs/fsdp.yaml; DDP: accelerate_configs/multi_gpu.yaml)")
+
+
+def _deepspeed_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
 
 
 def cpu_launch_line(processes: int) -> str:
@@ -113,8 +146,9 @@ def cpu_launch_line(processes: int) -> str:
 
 def check_launch(training_args: TrainingArguments, ft_args: FineTuneArguments, env=None) -> None:
     """Stop, naming the launch setting and the fix, when the launch and what Trainer will do disagree:
-    an engine asked for without the devices it needs, several processes that Trainer would not distribute
-    (each training its own copy and all writing one output directory), or a strategy the engine cannot run."""
+    an engine asked for without the devices it needs (or, for DeepSpeed, without its package), several processes
+    that Trainer would not distribute (each training its own copy and all writing one output directory), a strategy
+    the engine cannot run, or ZeRO-3 without the gathering of the weights that the final save needs."""
     launch = describe_launch(training_args, env)
     n = max(launch.processes, 2)
     if launch.engine and launch.devices == 0:
@@ -140,16 +174,19 @@ def check_launch(training_args: TrainingArguments, ft_args: FineTuneArguments, e
         )
     if not launch.engine:
         return
+    if launch.engine == "DeepSpeed" and not _deepspeed_installed():
+        raise ValueError(deepspeed_missing(launch.asked_by))
     for flag, on in (("--gradual_unfreeze", ft_args.gradual_unfreeze), ("--head_warmup_steps", ft_args.head_warmup_steps),
                      ("--lr_find", ft_args.lr_find)):
         if on:  # the same refusal as FtTrainer's, before anything loads
             raise ValueError(f"{flag} works with single-device and DDP runs, not FSDP or DeepSpeed "
                              f"({launch.asked_by})")
-    if ft_args.lora and ft_args.lora_save == "merged" and launch.shards_weights:
-        engine = "DeepSpeed ZeRO-3" if launch.engine == "DeepSpeed" else launch.engine
+    if launch.gathers_16bit is False:
         raise ValueError(
-            f"--lora_save merged needs the whole model in one process, but {engine} ({launch.asked_by}) "
-            "shards the weights: save the adapter (--lora_save adapter) and merge it after training"
+            f"DeepSpeed ZeRO-3 ({launch.asked_by}) shards the weights, and gathers them for the final save only with "
+            "zero3_save_16bit_model: true in the accelerate config (stage3_gather_16bit_weights_on_model_save: true in "
+            "a DeepSpeed JSON config); without it the run would end with no loadable model: set it, as "
+            "accelerate_configs/deepspeed_zero3.yaml does"
         )
     if launch.flattens:
         used = [flag for flag, on in (

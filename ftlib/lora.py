@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
@@ -75,19 +76,41 @@ def apply_lora(
 TASK_CONFIG = "task_config.json"
 
 
-def save_lora(model: PeftModel, output_dir: str | Path, merged: bool) -> nn.Module:
+def save_lora(model: PeftModel, output_dir: str | Path, merged: bool, state_dict: dict | None = None) -> nn.Module:
     """Save the adapter (``adapter_model.safetensors``, and :data:`TASK_CONFIG`) or the merged plain model;
-    returns what was saved."""
+    returns what was saved. ``state_dict``: ``model``'s whole state dict, gathered from every process
+    (``accelerator.get_state_dict``); under FSDP or DeepSpeed ZeRO-3 each process holds only a shard of the
+    weights, so the saved ones are taken from it (the merge then works on a copy: ``model`` is left as it was)."""
     if merged:
-        plain = model.merge_and_unload()
+        plain = model.merge_and_unload() if state_dict is None else merged_from_state_dict(model, state_dict)
         plain.save_pretrained(output_dir)
         return plain
-    model.save_pretrained(output_dir)
+    model.save_pretrained(output_dir, state_dict=state_dict)  # peft picks the adapter and the head out of it
     base = model.get_base_model()
     config = copy.deepcopy(base.config)
     config.architectures = [type(base).__name__]  # the head (save_pretrained records it so too)
     config.to_json_file(Path(output_dir) / TASK_CONFIG, use_diff=False)
     return model
+
+
+def merged_from_state_dict(model: PeftModel, state_dict: dict) -> nn.Module:
+    """The plain model that ``merge_and_unload`` would give, built from ``model``'s whole ``state_dict`` rather than
+    from ``model``'s own parameters (shards under FSDP / ZeRO-3): a twin of ``model`` is made on the meta device
+    (no memory, no initialisation), takes the state dict's tensors, and peft merges it as it would ``model``.
+    ``model`` is unchanged; the merged weights are copies, the others share the state dict's tensors."""
+    base = model.get_base_model()
+    with torch.device("meta"):
+        twin = type(base)(copy.deepcopy(base.config))
+    twin = get_peft_model(twin, copy.deepcopy(model.peft_config[model.active_adapter]))
+    # the merge adds into the adapted layers' weights in place: copies, where the state dict may be model's own tensors
+    tensors = {key: value.clone() if ".base_layer." in key else value for key, value in state_dict.items()}
+    twin.load_state_dict(tensors, strict=True, assign=True)  # strict: a missing or extra weight is an error
+    device = next(iter(tensors.values())).device
+    for name, buffer in list(twin.named_buffers()):  # buffers outside the state dict (position ids): model's own
+        if buffer.is_meta:
+            module, _, attr = name.rpartition(".")
+            twin.get_submodule(module)._buffers[attr] = model.get_buffer(name).detach().to(device, copy=True)
+    return twin.merge_and_unload()
 
 
 def load_task_config(adapter_dir: str | Path):

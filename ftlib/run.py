@@ -239,14 +239,23 @@ def predict(trainer, dataset, prefix: str = "test") -> tuple[Any, dict[str, floa
 
 
 def save_model(trainer, ft_args: FineTuneArguments) -> None:
-    """The final model: full weights, the LoRA adapter, or the merged model (safetensors in every case)."""
+    """The final model: full weights, the LoRA adapter, or the merged model (safetensors in every case).
+
+    The weights come from the state dict that Accelerate gathers from every process
+    (``accelerator.get_state_dict``): under FSDP (full or sharded state-dict type alike) and DeepSpeed ZeRO-3 each
+    process holds a shard, and the main process writes the whole model. The gathering is a collective: every
+    process calls this. Single-process and DDP runs save what they saved before (the same tensors)."""
     output_dir = trainer.args.output_dir
-    if ft_args.lora and trainer.is_world_process_zero():
-        save_lora(trainer.accelerator.unwrap_model(trainer.model), output_dir, merged=ft_args.lora_save == "merged")
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
+    if not ft_args.lora:
+        # what Trainer.save_model does with a gathered state dict (its own skips the model under SHARDED_STATE_DICT):
+        # the main process writes the weights, config, tokenizer / image processor and training_args.bin
+        trainer._save(output_dir, state_dict=state_dict)
+    elif trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        save_lora(model, output_dir, merged=ft_args.lora_save == "merged", state_dict=state_dict)
         if trainer.processing_class is not None:
             trainer.processing_class.save_pretrained(output_dir)
-    elif not ft_args.lora:
-        trainer.save_model()
 
 
 def publish(

