@@ -227,6 +227,29 @@ class FineTuneArguments:
     lr_find_end: float = field(default=1.0, metadata={"help": "Last base learning rate of --lr_find (it stops earlier "
                                                               "when the loss diverges)."})
     lr_find_steps: int = field(default=100, metadata={"help": "Optimizer steps of the --lr_find sweep."})
+    # Cross-validation (see ftlib.cv)
+    cv_folds: int = field(
+        default=0,
+        metadata={"help": "Before the final model, K-fold cross-validation of the training split: K fresh models, each "
+                          "trained with the full strategy on K-1 folds and evaluated on the fold it did not see, every "
+                          "metric reported as mean and standard deviation across folds (cv_results.json; "
+                          "all_results.json cv_<metric>_mean / _std) with the out-of-fold predictions "
+                          "(cv_oof_predictions.csv). Folds are seeded by --seed and stratified by label for "
+                          "single-label classification (StratifiedKFold: K at most the smallest class's row count); "
+                          "multi-label, regression and token classification get plain shuffled folds (KFold). "
+                          "0 = off."},
+    )
+    cv_only: bool = field(
+        default=False,
+        metadata={"help": "With --cv_folds: stop after the cross-validation, without training the final model."},
+    )
+    group_column: str | None = field(
+        default=None,
+        metadata={"help": "With --cv_folds: a training-data column whose rows belong together (a speaker, a patient, a "
+                          "document); all rows of a group fall in one fold, never on both sides of a split "
+                          "(StratifiedGroupKFold / GroupKFold). Token data: a field of a JSON lines file or a column "
+                          "of a Hub dataset."},
+    )
     # Evaluation
     extra_metrics: list[str] | None = field(
         default=None,
@@ -308,6 +331,11 @@ class FineTuneArguments:
                 raise ValueError(f"--class_weights must all be positive, got {self.class_weights!r}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+        if self.cv_folds == 1 or self.cv_folds < 0:
+            raise ValueError(f"--cv_folds must be >= 2 (or 0: no cross-validation), got {self.cv_folds}")
+        if self.cv_folds and self.lr_find:
+            raise ValueError("--cv_folds with --lr_find: the range test trains nothing to cross-validate; run --lr_find "
+                             "first, then --cv_folds with the learning rate it suggests")
         if not 0 < self.lr_find_start < self.lr_find_end or not math.isfinite(self.lr_find_end):
             raise ValueError(f"--lr_find_start and --lr_find_end need 0 < start < end, got {self.lr_find_start} and "
                              f"{self.lr_find_end}")
@@ -321,6 +349,7 @@ class FineTuneArguments:
         refuse_without(self, "--torch_optimizer", self.torch_optimizer is not None, ("torch_optimizer_kwargs",))
         refuse_without(self, "--weight_averaging ema", self.weight_averaging == "ema", ("ema_decay",))
         refuse_without(self, "--weight_averaging swa", self.weight_averaging == "swa", ("swa_start",))
+        refuse_without(self, "--cv_folds", self.cv_folds > 0, ("cv_only", "group_column"))
         refuse_without(self, "--lr_find", self.lr_find, ("lr_find_start", "lr_find_end", "lr_find_steps"))
 
     @property

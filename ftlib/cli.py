@@ -192,6 +192,8 @@ RESUMABLE_KEYS = frozenset({
     # pushing the final model (checkpoints are never pushed)
     "push_to_hub", "hub_model_id", "hub_private_repo", "hub_strategy", "hub_always_push", "hub_revision",
     "push_min_metric", "save_total_limit",
+    # the cross-validation before the final training (the final model does not depend on it; it never resumes)
+    "cv_folds", "cv_only", "group_column",
 })
 
 

@@ -64,8 +64,11 @@ class PushFailedError(HubPushError):
 
 # What a pushed repo never gets: training state, optimizer moments, pickles, logs.
 # Local-only: resume state, pickle-capable files (the report's predictions.npz holds plain arrays, but the Hub
-# cannot tell), the run lock. ``ftlib-report`` needs predictions.npz; the pushed report has its figures.
-NOT_PUSHED = ("checkpoint-*", "runs", "*.pt", "*.pth", "*.bin", "*.npz", "trainer_state.json", ".ftlib-*", "*.lock")
+# cannot tell), the run lock, the cross-validation's fold folders (cv/: each fold's logs and metrics; the summary,
+# cv_results.json, and the out-of-fold predictions are pushed). ``ftlib-report`` needs predictions.npz; the pushed
+# report has its figures.
+NOT_PUSHED = ("checkpoint-*", "runs", "cv", "*.pt", "*.pth", "*.bin", "*.npz", "trainer_state.json", ".ftlib-*",
+              "*.lock")
 
 
 @dataclass

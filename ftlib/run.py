@@ -81,6 +81,12 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *oth
     config = config_yaml((*other_args, ft_args, training_args))  # as parsed, before any step adjusts them
     # --lr_find keeps nothing it trains: it neither takes nor resumes the output directory (ftlib.lr_find)
     resume = None if ft_args.lr_find else claim_output_dir(training_args, ft_args)
+    if resume is not None and ft_args.cv_folds:
+        raise ValueError(
+            f"--output_dir {training_args.output_dir} holds the checkpoints of an unfinished run ({resume}), and "
+            "--cv_folds does not resume (its fold models are never saved): pass --overwrite_output_dir true to "
+            "start over, or drop --cv_folds to resume the final training"
+        )
     if resume is not None:
         check_resume_config(resume, config, ft_args.allow_config_change)
     set_seed(training_args.seed)
@@ -178,6 +184,16 @@ def strategy_summary(ft_args: FineTuneArguments, training_args: TrainingArgument
     return summary
 
 
+def take_output_dir(output_dir: str | Path, config: str | None) -> None:
+    """The main process takes ``output_dir`` when it starts writing there (training, or cross-validation before
+    it, :mod:`ftlib.cv`): lock it (:func:`lock_output_dir`; nothing when this process holds it already), mark its
+    output unfinished (the manifest goes until :func:`publish` writes a new one) and write ``config.yaml``."""
+    lock_output_dir(output_dir)
+    (Path(output_dir) / MANIFEST).unlink(missing_ok=True)
+    if config:
+        (Path(output_dir) / CONFIG_FILE).write_text(config, encoding="utf-8")
+
+
 class TakeOutputDir(TrainerCallback):
     """When training begins (not before: a run that stops on bad input leaves no trace), the main process locks
     the output directory (:func:`lock_output_dir`; raises naming the holder when another run took it since the
@@ -189,11 +205,7 @@ class TakeOutputDir(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            lock_output_dir(args.output_dir)
-            # from here on the run rewrites the final output: it is unfinished until publish writes a new manifest
-            (Path(args.output_dir) / MANIFEST).unlink(missing_ok=True)
-            if self.config:
-                (Path(args.output_dir) / CONFIG_FILE).write_text(self.config, encoding="utf-8")
+            take_output_dir(args.output_dir, self.config)
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -155,6 +155,11 @@ def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArgum
         raise ValueError(
             "--early_stopping_patience needs --eval_strategy (epoch or steps) and --load_best_model_at_end true"
         )
+    if ft_args.cv_folds and training_args.resume_from_checkpoint:
+        raise ValueError("--cv_folds trains its fold models afresh and never saves them, so there is nothing to resume: "
+                         "drop --resume_from_checkpoint (or --cv_folds, to resume the final training alone)")
+    if ft_args.cv_only and training_args.push_to_hub:
+        raise ValueError("--cv_only trains no final model, so there is nothing to push: drop --push_to_hub or --cv_only")
     if ft_args.lr_find and training_args.resume_from_checkpoint:
         raise ValueError("--lr_find trains nothing that a checkpoint could resume: drop --resume_from_checkpoint")
     # an unknown optimizer name, a kwarg it does not take, a missing optional package: said now, not after loading

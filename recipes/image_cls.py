@@ -13,17 +13,20 @@ before training, so a bad file fails with its name before any step (or is skippe
 change the size); augmentation presets (none / light / standard / strong) with --augmentation_knobs, and
 MixUp / CutMix on training batches; decoding and augmentation on the fly in DataLoader workers; every ftlib
 strategy flag (freezing, layer-wise learning rates, gradual unfreezing, LoRA on attention with the head
-trained, class weights, early stopping) and every standard TrainingArguments flag.
+trained, class weights, early stopping) and every standard TrainingArguments flag; k-fold cross-validation of
+the training split before the final model (--cv_folds, --group_column, --cv_only; ftlib.cv).
 Writes to --output_dir: the model (safetensors) and its image processor, all_results.json,
 confusion_matrix.json (single-label, validation split), test_predictions.csv (id = image path), thresholds.json
 (multi-label: per-label thresholds tuned on validation, --tune_thresholds), a model card and a SHA-256 manifest;
---push_to_hub pushes them once, at the end, behind --push_min_metric. Apply the output to new data with ftlib-predict.
+--push_to_hub pushes them once, at the end, behind --push_min_metric; with --cv_folds, cv_results.json and
+cv_oof_predictions.csv. Apply the output to new data with ftlib-predict.
 Does not support: detection or segmentation, video, streaming datasets.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 from transformers import AutoModelForImageClassification, TrainingArguments
@@ -31,7 +34,8 @@ from transformers import AutoModelForImageClassification, TrainingArguments
 from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
 from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
-from ftlib.data.files import check_empty_inputs
+from ftlib.cv import ClassColumns, cross_validate, plan_folds, row_folds
+from ftlib.data.files import check_empty_inputs, source_name
 from ftlib.data.image import (
     ImageTransform,
     MixupCutmix,
@@ -110,17 +114,15 @@ def main(
             more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
             logger.warning("skipped %d unreadable image(s): %s%s", len(skipped), ", ".join(skipped[:10]), more)
 
-    # -- model and image processor
+    folds = plan_folds(raw["train"], ft_args, training_args.seed, source_name(data_args, "train"), labels)  # --cv_folds
+
+    # -- image processor and label config (the model is built with its trainer, below: once, and once per fold)
     checkpoint = prepare_checkpoint(model_args, training_args)  # short names converted once, main process first
     processor = load_image_processor(model_args, checkpoint)
     if data_args.image_size is not None:
         processor = resize_processor(processor, data_args.image_size)  # saved with the model: inference matches
     config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type,
                                     checkpoint=checkpoint)
-    model = load_model(AutoModelForImageClassification, model_args, config, checkpoint)
-
-    # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
-    model, anatomy = prepare_model(model, ft_args)
 
     # -- transforms: random for training, resize + centre crop for evaluation, run per batch in the workers
     transforms = {
@@ -132,28 +134,23 @@ def main(
         for split in raw
     }
 
-    # -- trainer
+    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
     metric, greater = default_metric(labels.problem_type)
     set_best_metric(training_args, metric, greater)
-    class_weights = class_weights_from_labels(
-        ft_args.class_weights, raw["train"]["labels"], labels.num_labels, multi_label=labels.problem_type == MULTI,
-        regression=labels.problem_type not in (SINGLE, MULTI),
-    )
-    mix = MixupCutmix(labels.num_labels, data_args.mixup_alpha, data_args.cutmix_alpha, data_args.mixup_prob) \
-        if data_args.mixing else None
-    trainer = FtTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        processing_class=processor,
-        data_collator=image_collate,
-        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names, extra_metrics),
-        ft_args=ft_args,
-        anatomy=anatomy,
-        class_weights=class_weights,
-        train_batch_transform=mix,
-    )
+    build = partial(build_trainer, validation=data["validation"], model_args=model_args, data_args=data_args,
+                    ft_args=ft_args, checkpoint=checkpoint, config=config, processor=processor, labels=labels,
+                    extra_metrics=extra_metrics)
+    cv = {}
+    if folds is not None:
+        held_out = raw["train"].with_transform(ImageTransform(transforms[False], data_args.image_column))
+        ids = raw["train"][data_args.id_column] if data_args.id_column else image_ids(raw["train"], data_args.image_column)
+        cv = cross_validate(training_args, ft_args, folds, row_folds(build, data["train"], held_out, ClassColumns(labels)),
+                            ids=ids, config=run.config)
+        if ft_args.cv_only:
+            return cv
+
+    # -- model, strategy, trainer
+    trainer = build(training_args, data["train"])
 
     # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
     if ft_args.lr_find:
@@ -161,6 +158,7 @@ def main(
 
     # -- train, evaluate (one pass over validation gives the metrics and the confusion matrix)
     metrics = train(trainer, run.resume_from, run.config)
+    metrics.update(cv)  # the cross-validation's means and standard deviations, when it ran
     if data_args.skip_corrupt_images:
         trainer.save_metrics("data", {"skipped_images": len(skipped)})
         metrics["skipped_images"] = len(skipped)
@@ -186,6 +184,45 @@ def main(
         report=EvalExamples.image(raw["validation"], data_args.image_column),
     )
     return metrics
+
+
+def build_trainer(
+    args: TrainingArguments,
+    train,
+    *,
+    validation,
+    model_args: ModelArguments,
+    data_args: ImageDataArguments,
+    ft_args: FineTuneArguments,
+    checkpoint: str,
+    config,
+    processor,
+    labels,
+    extra_metrics,
+) -> FtTrainer:
+    """A fresh model with the run's strategy (LoRA, freezing; learning-rate groups and gradual unfreezing are built
+    by the trainer) and its trainer on ``train``: the final model's, or a cross-validation fold's (ftlib.cv)."""
+    model = load_model(AutoModelForImageClassification, model_args, config, checkpoint)
+    model, anatomy = prepare_model(model, ft_args)
+    class_weights = class_weights_from_labels(
+        ft_args.class_weights, train.with_format(None)["labels"], labels.num_labels,
+        multi_label=labels.problem_type == MULTI, regression=labels.problem_type not in (SINGLE, MULTI),
+    )
+    mix = MixupCutmix(labels.num_labels, data_args.mixup_alpha, data_args.cutmix_alpha, data_args.mixup_prob) \
+        if data_args.mixing else None
+    return FtTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=processor,
+        data_collator=image_collate,
+        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names, extra_metrics),
+        ft_args=ft_args,
+        anatomy=anatomy,
+        class_weights=class_weights,
+        train_batch_transform=mix,
+    )
 
 
 def training_settings(data_args: ImageDataArguments) -> dict:

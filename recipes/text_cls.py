@@ -7,15 +7,18 @@ Supports: a Hub dataset or local csv / tsv / json / jsonl / parquet files; strin
 single-label, multi-label (a list per row, or strings with --label_separator) and regression (floats);
 a seeded, stratified validation split when none is given; dynamic padding and length-grouped batches;
 head+tail truncation; every ftlib strategy flag (freezing, layer-wise learning rates, gradual
-unfreezing, LoRA, class weights, early stopping) and every standard TrainingArguments flag.
+unfreezing, LoRA, class weights, early stopping) and every standard TrainingArguments flag; k-fold
+cross-validation of the training split before the final model (--cv_folds, --group_column, --cv_only; ftlib.cv).
 Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, test_predictions.csv,
 thresholds.json (multi-label: per-label thresholds tuned on validation, --tune_thresholds), a model card and a
-SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric. Apply the output to new
-data with ftlib-predict.
+SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric; with --cv_folds,
+cv_results.json and cv_oof_predictions.csv. Apply the output to new data with ftlib-predict.
 Does not support: generative classification, more than two text columns.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
@@ -23,7 +26,8 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
 from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
-from ftlib.data.files import check_empty_inputs, load_data
+from ftlib.cv import ClassColumns, cross_validate, plan_folds, row_folds
+from ftlib.data.files import check_empty_inputs, load_data, source_name
 from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
 from ftlib.lr_find import run_lr_find
@@ -81,16 +85,13 @@ def main(
         data_args.problem_type, data_args.label_separator,
     )
     tune = thresholds_wanted(data_args.tune_thresholds, labels.problem_type)  # multi-label: per-label thresholds
+    folds = plan_folds(raw["train"], ft_args, training_args.seed, source_name(data_args, "train"), labels)  # --cv_folds
 
-    # -- model and tokenizer
+    # -- tokenizer and label config (the model is built with its trainer, below: once, and once per fold)
     checkpoint = prepare_checkpoint(model_args, training_args)  # short names converted once, main process first
     tokenizer = load_tokenizer(model_args, checkpoint)
     config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type,
                                     checkpoint=checkpoint)
-    model = load_model(AutoModelForSequenceClassification, model_args, config, checkpoint)
-
-    # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
-    model, anatomy = prepare_model(model, ft_args, task_type="SEQ_CLS")
 
     # -- tokenize
     max_length = effective_max_length(tokenizer, config, data_args.max_seq_length)
@@ -103,25 +104,21 @@ def main(
             for split in raw
         }
 
-    # -- trainer
+    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
     metric, greater = default_metric(labels.problem_type)
     set_best_metric(training_args, metric, greater)
-    class_weights = class_weights_from_labels(
-        ft_args.class_weights, raw["train"]["labels"], labels.num_labels,
-        multi_label=labels.problem_type == "multi_label_classification", regression=labels.problem_type == "regression",
-    )
-    trainer = FtTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=encoded["train"],
-        eval_dataset=encoded["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None),
-        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names, extra_metrics),
-        ft_args=ft_args,
-        anatomy=anatomy,
-        class_weights=class_weights,
-    )
+    build = partial(build_trainer, validation=encoded["validation"], model_args=model_args, ft_args=ft_args,
+                    checkpoint=checkpoint, config=config, tokenizer=tokenizer, labels=labels, extra_metrics=extra_metrics)
+    cv = {}
+    if folds is not None:
+        ids = raw["train"][data_args.id_column] if data_args.id_column else range(len(raw["train"]))
+        cv = cross_validate(training_args, ft_args, folds, row_folds(build, encoded["train"], columns=ClassColumns(labels)),
+                            ids=ids, config=run.config)
+        if ft_args.cv_only:
+            return cv
+
+    # -- model, strategy, trainer
+    trainer = build(training_args, encoded["train"])
 
     # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
     if ft_args.lr_find:
@@ -129,6 +126,7 @@ def main(
 
     # -- train, evaluate
     metrics = train(trainer, run.resume_from, run.config)
+    metrics.update(cv)  # the cross-validation's means and standard deviations, when it ran
     metrics.update(evaluate(trainer, encoded["validation"]))
     thresholds = tune_thresholds(trainer, labels.names) if tune else None  # on that evaluation; thresholds.json
 
@@ -145,6 +143,41 @@ def main(
         report=EvalExamples.text(raw["validation"], data_args.text_column, data_args.text_pair_column),
     )
     return metrics
+
+
+def build_trainer(
+    args: TrainingArguments,
+    train,
+    *,
+    validation,
+    model_args: ModelArguments,
+    ft_args: FineTuneArguments,
+    checkpoint: str,
+    config,
+    tokenizer,
+    labels,
+    extra_metrics,
+) -> FtTrainer:
+    """A fresh model with the run's strategy (LoRA, freezing; learning-rate groups and gradual unfreezing are built
+    by the trainer) and its trainer on ``train``: the final model's, or a cross-validation fold's (ftlib.cv)."""
+    model = load_model(AutoModelForSequenceClassification, model_args, config, checkpoint)
+    model, anatomy = prepare_model(model, ft_args, task_type="SEQ_CLS")
+    class_weights = class_weights_from_labels(
+        ft_args.class_weights, train["labels"], labels.num_labels,
+        multi_label=labels.problem_type == "multi_label_classification", regression=labels.problem_type == "regression",
+    )
+    return FtTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None),
+        compute_metrics=compute_metrics_fn(labels.problem_type, labels.names, extra_metrics),
+        ft_args=ft_args,
+        anatomy=anatomy,
+        class_weights=class_weights,
+    )
 
 
 if __name__ == "__main__":

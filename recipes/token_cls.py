@@ -15,18 +15,22 @@ weighs the same in the training loss, whatever the length of the sentences batch
 false: transformers' mean over each batch, which over-weighs batches of short sentences, see
 bench/token_sampling.py). Metrics are word-level: seqeval entity
 precision / recall / F1, overall and per type, and token accuracy. Every ftlib strategy flag and every standard TrainingArguments flag work.
+K-fold cross-validation of the training sentences before the final model (--cv_folds, --cv_only; ftlib.cv), plain
+shuffled folds, grouped by --group_column (a field of JSON lines, a column of a Hub dataset: a document, say).
 Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, validation_predictions.conll
 and test_predictions.conll (`token<TAB>gold<TAB>predicted`, a blank line between sentences), a model card and
-a SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric.
+a SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric; with --cv_folds,
+cv_results.json and cv_oof_predictions.csv (gold and predicted tags of each training sentence).
 Does not support: slow (non-fast) tokenizers, test files without tags, document context across sentences,
 nested entities, CRF heads.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from transformers import (
     AutoModelForTokenClassification,
     DataCollatorForTokenClassification,
@@ -36,6 +40,7 @@ from transformers import (
 from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
 from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
+from ftlib.cv import Fold, TagColumns, cross_validate, plan_folds
 from ftlib.data.files import check_empty_inputs, limit_samples, load_data, source_name
 from ftlib.data.labels import SINGLE, LabelInfo, ensure_validation
 from ftlib.data.text import effective_max_length
@@ -64,16 +69,17 @@ RECIPE_DEFAULTS = {
 }
 
 
-def load_sentences(data_args: TokenDataArguments, cache_dir: str | None = None) -> DatasetDict:
-    """Every split as ``id`` / ``tokens`` / ``tags`` (string tags), from local files or a Hub dataset."""
+def load_sentences(data_args: TokenDataArguments, cache_dir: str | None = None, keep: tuple[str, ...] = ()) -> DatasetDict:
+    """Every split as ``id`` / ``tokens`` / ``tags`` (string tags), from local files or a Hub dataset; ``keep``:
+    other columns of the training data to keep (``--group_column``)."""
     if data_args.train_file:
         return load_token_data(
             data_args.train_file, data_args.validation_file, data_args.test_file,
-            data_args.tokens_column, data_args.tags_column, data_args.tag_names,
+            data_args.tokens_column, data_args.tags_column, data_args.tag_names, keep=keep,
         )
     hub = load_data(data_args, cache_dir)
     return from_hub_columns(hub, data_args.tokens_column, data_args.tags_column, data_args.tag_names,
-                            source=data_args.dataset_name)
+                            source=data_args.dataset_name, keep=keep)
 
 
 def main(
@@ -87,7 +93,8 @@ def main(
     extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data: words and string tags per sentence
-    raw = check_empty_inputs(load_sentences(data_args, model_args.cache_dir), ["tokens"], data_args, "sentence")
+    keep = (ft_args.group_column,) if ft_args.group_column else ()
+    raw = check_empty_inputs(load_sentences(data_args, model_args.cache_dir, keep), ["tokens"], data_args, "sentence")
     sources = {split: source_name(data_args, split) for split in raw}
 
     # -- labels: the scheme, every split checked against it, tags from train (an unseen one is an error); without a
@@ -99,59 +106,42 @@ def main(
     raw = ensure_validation(raw, None, data_args.validation_split_percentage, training_args.seed,
                             strata=sentence_strata(raw["train"]["tags"]))
     raw = limit_samples(raw, data_args)
+    folds = plan_folds(raw["train"], ft_args, training_args.seed, sources["train"])  # --cv_folds (not stratified)
 
-    # -- model and tokenizer
+    # -- tokenizer and label config (the model is built with its trainer, below: once, and once per fold)
     checkpoint = prepare_checkpoint(model_args, training_args)  # short names converted once, main process first
     tokenizer = load_tokenizer(model_args, checkpoint)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{model_args.model_name_or_path}: token classification needs a fast tokenizer (word ids)")
     config = load_config_for_labels(model_args, labels.num_labels, labels.id2label, labels.problem_type,
                                     checkpoint=checkpoint)
-    model = load_model(AutoModelForTokenClassification, model_args, config, checkpoint)
-
-    # -- strategy: LoRA, freezing (learning-rate groups and gradual unfreezing are built by the trainer)
-    model, anatomy = prepare_model(model, ft_args, task_type="TOKEN_CLS")
 
     # -- tokenize: windows of at most max_length tokens, labels on sub-tokens; the model sees only its inputs
     max_length = effective_max_length(tokenizer, config, data_args.max_seq_length)
+    windows_of = partial(tokenize_dataset, tokenizer=tokenizer, label2id=labels.label2id, max_length=max_length,
+                         label_all_subtokens=data_args.label_all_subtokens, stride=data_args.stride,
+                         num_proc=data_args.preprocessing_num_workers)
     with training_args.main_process_first(desc="tokenizing"):
-        windows = {
-            split: tokenize_dataset(raw[split], tokenizer, labels.label2id, max_length, data_args.label_all_subtokens,
-                                    data_args.stride, num_proc=data_args.preprocessing_num_workers)
-            for split in raw
-        }
-    inputs = {
-        split: w.select_columns([c for c in tokenizer.model_input_names if c in w.column_names] + ["labels"])
-        for split, w in windows.items()
-    }
+        windows = {split: windows_of(raw[split]) for split in raw}
+    inputs = {split: model_inputs(w, tokenizer) for split, w in windows.items()}
 
-    # -- trainer
+    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
     set_best_metric(training_args, "f1", True)
     word_metrics = {split: WordMetrics(raw[split], windows[split], labels.id2label, scheme, extra_metrics)
                     for split in ("validation", "test") if split in raw}  # one per split: no mode to switch
-    train_labels = windows["train"]["labels"]
-    class_weights = class_weights_from_labels(
-        ft_args.class_weights, [i for row in train_labels for i in row if i != IGNORE_INDEX], labels.num_labels
-    )
-    # every labelled token the same weight, whatever the length of the sentences batched with it (see compute_loss)
-    tokens_per_batch = (labelled_tokens_per_batch(train_labels, training_args.per_device_train_batch_size, class_weights)
-                        if data_args.loss_per_token else None)
-    trainer = FtTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=inputs["train"],
-        eval_dataset=inputs["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorForTokenClassification(
-            tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None
-        ),
-        compute_metrics=word_metrics["validation"],
-        preprocess_logits_for_metrics=argmax_with_probs,  # ids, and the probabilities the report needs
-        ft_args=ft_args,
-        anatomy=anatomy,
-        class_weights=class_weights,
-        token_loss_normalizer=tokens_per_batch,
-    )
+    build = partial(build_trainer, validation=inputs["validation"], validation_metrics=word_metrics["validation"],
+                    model_args=model_args, data_args=data_args, ft_args=ft_args, checkpoint=checkpoint, config=config,
+                    tokenizer=tokenizer, labels=labels)
+    cv = {}
+    if folds is not None:
+        fold = partial(sentence_fold, sentences=raw["train"], windows_of=windows_of, build=build, tokenizer=tokenizer,
+                       id2label=labels.id2label, scheme=scheme, extra_metrics=extra_metrics)
+        cv = cross_validate(training_args, ft_args, folds, fold, ids=raw["train"]["id"], config=run.config)
+        if ft_args.cv_only:
+            return cv
+
+    # -- model, strategy, trainer
+    trainer = build(training_args, inputs["train"])
 
     # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
     if ft_args.lr_find:
@@ -159,6 +149,7 @@ def main(
 
     # -- train
     metrics = train(trainer, run.resume_from, run.config)
+    metrics.update(cv)  # the cross-validation's means and standard deviations, when it ran
 
     # -- evaluate and predict: word-level metrics, predictions written back as CoNLL
     for split, prefix in (("validation", "eval"), ("test", "test")):
@@ -179,6 +170,65 @@ def main(
         report=EvalExamples.tokens(raw["validation"], windows["validation"], scheme),
     )
     return metrics
+
+
+def model_inputs(windows: Dataset, tokenizer) -> Dataset:
+    """The columns of tokenized windows that the model takes, and their labels."""
+    return windows.select_columns([c for c in tokenizer.model_input_names if c in windows.column_names] + ["labels"])
+
+
+def build_trainer(
+    args: TrainingArguments,
+    train: Dataset,
+    *,
+    validation: Dataset,
+    validation_metrics: WordMetrics,
+    model_args: ModelArguments,
+    data_args: TokenDataArguments,
+    ft_args: FineTuneArguments,
+    checkpoint: str,
+    config,
+    tokenizer,
+    labels: LabelInfo,
+) -> FtTrainer:
+    """A fresh model with the run's strategy (LoRA, freezing; learning-rate groups and gradual unfreezing are built
+    by the trainer) and its trainer on the windows ``train``: the final model's, or a cross-validation fold's."""
+    model = load_model(AutoModelForTokenClassification, model_args, config, checkpoint)
+    model, anatomy = prepare_model(model, ft_args, task_type="TOKEN_CLS")
+    train_labels = train["labels"]
+    class_weights = class_weights_from_labels(
+        ft_args.class_weights, [i for row in train_labels for i in row if i != IGNORE_INDEX], labels.num_labels
+    )
+    # every labelled token the same weight, whatever the length of the sentences batched with it (see compute_loss)
+    tokens_per_batch = (labelled_tokens_per_batch(train_labels, args.per_device_train_batch_size, class_weights)
+                        if data_args.loss_per_token else None)
+    return FtTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForTokenClassification(
+            tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None
+        ),
+        compute_metrics=validation_metrics,
+        preprocess_logits_for_metrics=argmax_with_probs,  # ids, and the probabilities the report needs
+        ft_args=ft_args,
+        anatomy=anatomy,
+        class_weights=class_weights,
+        token_loss_normalizer=tokens_per_batch,
+    )
+
+
+def sentence_fold(args, train_rows, held_rows, *, sentences: Dataset, windows_of, build, tokenizer, id2label, scheme,
+                  extra_metrics) -> Fold:
+    """A cross-validation fold (ftlib.cv): its training and held-out sentences tokenized afresh, a trainer on the
+    first, word-level metrics and out-of-fold tags on the second."""
+    held = sentences.select(held_rows)
+    held_windows = windows_of(held)
+    metrics = WordMetrics(held, held_windows, id2label, scheme, extra_metrics)
+    trainer = build(args, model_inputs(windows_of(sentences.select(train_rows)), tokenizer))
+    return Fold(trainer, model_inputs(held_windows, tokenizer), TagColumns(metrics), metrics)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ GATED = {
     "gradual_unfreeze_blocks": ("--gradual_unfreeze", "2"),
     "early_stopping_threshold": ("--early_stopping_patience", "0.01"),
     "torch_optimizer_kwargs": ("--torch_optimizer", '{"momentum": 0.9}'),
+    "cv_only": ("--cv_folds", "true"),
+    "group_column": ("--cv_folds", "speaker"),
     "lr_find_start": ("--lr_find", "1e-6"),
     "lr_find_end": ("--lr_find", "0.1"),
     "lr_find_steps": ("--lr_find", "50"),

@@ -137,13 +137,15 @@ def read_jsonl(
     tags_column: str = "tags",
     label_names: Sequence[str] | None = None,
     require_tags: bool = True,
+    keep: Sequence[str] = (),
 ) -> Dataset:
     """Read JSON lines (or a JSON array) of objects holding a token list and a tag list.
 
     Integer tags are mapped to strings through `label_names`. `id` is the row's `id` field when present,
     else its index. `line_numbers` repeats the row's line for every token (JSON lines only).
     ``require_tags=False`` (data to predict): rows may lack the tag list; the dataset has a ``tags`` column
-    only when every row has one.
+    only when every row has one. ``keep``: other fields every row must have, kept as string columns (a document or
+    speaker to group sentences by, ``--group_column``).
     """
     path = Path(path)
     text = read_text_file(path)
@@ -163,14 +165,15 @@ def read_jsonl(
     if not rows:
         raise ValueError(f"{path}: no rows found (empty file)")
     with_lines = all(n is not None for n, _ in rows)
-    out: dict[str, list] = {"id": [], "tokens": [], "tags": [], "line_numbers": []}
+    keep = [name for name in keep if name not in _FEATURES]  # "id" is a column already
+    out: dict[str, list] = {"id": [], "tokens": [], "tags": [], "line_numbers": [], **{name: [] for name in keep}}
     for index, (number, row) in enumerate(rows):
         where = f"{path}, line {number}" if number is not None else f"{path}, row {index}"
         # a malformed file is a ValueError throughout this module, whatever the cause
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
         needed = (tokens_column, tags_column) if require_tags else (tokens_column,)
-        missing = [column for column in needed if column not in row]
+        missing = [column for column in needed if column not in row] + [name for name in keep if row.get(name) is None]
         if missing:
             raise missing_columns_error(missing, list(row), where)
         toks, tags = row[tokens_column], row.get(tags_column)
@@ -186,11 +189,14 @@ def read_jsonl(
         out["tokens"].append(toks)
         out["tags"].append(tags)
         out["line_numbers"].append([number] * len(toks) if with_lines else [])
+        for name in keep:
+            out[name].append(str(row[name]))
     if not with_lines:
         del out["line_numbers"]
     if any(tags is None for tags in out["tags"]):
         del out["tags"]  # some rows have none (only without require_tags): tokens to predict
-    return Dataset.from_dict(out, features=_features(lines=with_lines, tags="tags" in out))
+    features = _features(lines=with_lines, tags="tags" in out)
+    return Dataset.from_dict(out, features=Features({**features, **{name: Value("string") for name in keep}}))
 
 
 def from_hub_columns(
@@ -199,16 +205,18 @@ def from_hub_columns(
     tags_column: str = "tags",
     label_names: Sequence[str] | None = None,
     source: str = "dataset",
+    keep: Sequence[str] = (),
 ) -> Dataset | DatasetDict:
     """Bring a Hub dataset to `id`/`tokens`/`tags` (string tags).
 
     Integer tags use the names of their `Sequence(ClassLabel)` feature (or `label_names` when the
-    feature has none); string tags are kept. Other columns are dropped. Errors name `source` (a
+    feature has none); string tags are kept. Other columns are dropped, but for those in ``keep`` that a split has
+    (as strings: a document to group sentences by, ``--group_column``). Errors name `source` (a
     `DatasetDict`'s splits as `source:split`, the way `ftlib.data.files.source_name` does).
     """
     if isinstance(dataset, DatasetDict):
         return DatasetDict(
-            {split: from_hub_columns(part, tokens_column, tags_column, label_names, f"{source}:{split}")
+            {split: from_hub_columns(part, tokens_column, tags_column, label_names, f"{source}:{split}", keep)
              for split, part in dataset.items()}
         )
     require_columns(dataset, [tokens_column, tags_column], source)
@@ -216,13 +224,15 @@ def from_hub_columns(
     names = inner.names if isinstance(inner, ClassLabel) else label_names
     ids = [str(i) for i in dataset["id"]] if "id" in dataset.column_names else None
     tags = [_tags_to_str(row, names, f"{source}, row {i}") for i, row in enumerate(dataset[tags_column])]
+    kept = [name for name in keep if name in dataset.column_names and name not in _FEATURES]
     return Dataset.from_dict(
         {
             "id": ids if ids is not None else [str(i) for i in range(len(dataset))],
             "tokens": list(dataset[tokens_column]),
             "tags": tags,
+            **{name: [None if v is None else str(v) for v in dataset[name]] for name in kept},
         },
-        features=_FEATURES_NO_LINES,
+        features=Features({**_FEATURES_NO_LINES, **{name: Value("string") for name in kept}}),
     )
 
 
@@ -233,14 +243,16 @@ def load_token_data(
     tokens_column: str = "tokens",
     tags_column: str = "tags",
     label_names: Sequence[str] | None = None,
+    keep: Sequence[str] = (),
 ) -> DatasetDict:
     """Read the given files into splits `train`/`validation`/`test`, the reader chosen by extension.
 
-    .txt/.conll/.iob/.bio -> `read_conll`; .json/.jsonl -> `read_jsonl`.
+    .txt/.conll/.iob/.bio -> `read_conll`; .json/.jsonl -> `read_jsonl`. ``keep``: fields of the training file kept
+    as columns (see :func:`read_jsonl`).
     """
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     splits = {
-        split: read_token_file(file, tokens_column, tags_column, label_names)
+        split: read_token_file(file, tokens_column, tags_column, label_names, keep=keep if split == "train" else ())
         for split, file in files.items()
         if file is not None
     }
@@ -255,13 +267,18 @@ def read_token_file(
     tags_column: str = "tags",
     label_names: Sequence[str] | None = None,
     require_tags: bool = True,
+    keep: Sequence[str] = (),
 ) -> Dataset:
-    """One file, the reader chosen by extension: .txt/.conll/.iob/.bio -> `read_conll`; .json/.jsonl -> `read_jsonl`."""
+    """One file, the reader chosen by extension: .txt/.conll/.iob/.bio -> `read_conll`; .json/.jsonl -> `read_jsonl`
+    (``keep``: fields kept as columns, JSON lines only)."""
     suffix = Path(path).suffix.lower()
     if suffix in CONLL_EXTENSIONS:
+        if keep:
+            raise ValueError(f"{path}: a CoNLL file has words and tags only, no column {', '.join(map(repr, keep))}; "
+                             "give the sentences as JSON lines with that field to group them")
         return read_conll(path, require_tags)
     if suffix in JSON_EXTENSIONS:
-        return read_jsonl(path, tokens_column, tags_column, label_names, require_tags)
+        return read_jsonl(path, tokens_column, tags_column, label_names, require_tags, keep)
     raise ValueError(
         f"{path}: unknown extension {suffix!r}; expected one of {', '.join(CONLL_EXTENSIONS + JSON_EXTENSIONS)}"
     )
