@@ -219,7 +219,13 @@ def _parse(parser: _Parser, args: list[str], config_path: str | None) -> tuple:
     except ImportError as err:  # TrainingArguments(deepspeed=...) without the package: a version-check traceback
         if "deepspeed" not in str(err).lower():
             raise
+        # TrainingArguments registered its half-built DeepSpeed config as transformers' global one before the check
+        # failed: left there, every later model load in this process asks it for is_zero3() and fails.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
         from ftlib.launch import deepspeed_missing
+
+        unset_hf_deepspeed_config()
 
         raise ConfigError(deepspeed_missing("--deepspeed")) from None
 

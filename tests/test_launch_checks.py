@@ -149,6 +149,10 @@ def test_deepspeed_without_its_package_is_refused(two_gpus, tmp_path):
                                                             str(config), "--report_to", "none"])
     assert str(err.value) == f"--deepspeed {fix}"
     assert not (tmp_path / "out").exists()
+    # and the process stays usable: no half-built DeepSpeed config left as transformers' global one
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    assert is_deepspeed_zero3_enabled() is False
 
 
 def test_zero3_gathering_for_the_final_save(two_gpus, deepspeed_installed, tmp_path):
