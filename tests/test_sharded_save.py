@@ -177,7 +177,9 @@ for mode, strategy in {"full": {}, "adapter": {**LORA, "lora_save": "adapter"},
     local = {name: tuple(p.to_local().shape) for name, p in model.named_parameters() if "word_embeddings" in name}
     save_model(trainer, ft_args)
     torch.distributed.barrier()
-    print(json.dumps({"rank": rank, "mode": mode, "gathers": len(calls), "local": local}), flush=True)
+    # one file per rank and save: the two ranks' stdout lines interleave in the launcher's pipe
+    (out / f"report.{mode}.rank{rank}.json").write_text(json.dumps({"rank": rank, "mode": mode, "gathers": len(calls),
+                                                                    "local": local}))
 '''
 
 
@@ -191,7 +193,7 @@ def test_fsdp2_sharded_saves_match_one_process(core_bert_dir, tmp_path):
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path.cwd())}
     run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    reports = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    reports = [json.loads(path.read_text()) for path in sorted(out.glob("report.*.rank*.json"))]
     # every rank gathered once per save, and really held half of the word embeddings (64 rows) during it
     for mode, expected in (("full", 1), ("adapter", 2), ("merged", 3)):
         rows = [r for r in reports if r["mode"] == mode]
