@@ -14,7 +14,9 @@ change the size); augmentation presets (none / light / standard / strong) with -
 MixUp / CutMix on training batches; decoding and augmentation on the fly in DataLoader workers; every ftlib
 strategy flag (freezing, layer-wise learning rates, gradual unfreezing, LoRA on attention with the head
 trained, class weights, early stopping) and every standard TrainingArguments flag; k-fold cross-validation of
-the training split before the final model (--cv_folds, --group_column, --cv_only; ftlib.cv).
+the training split before the final model (--cv_folds, --group_column, --cv_only; ftlib.cv). Small-data
+defaults: at least 250 optimizer steps (--min_train_steps) and batch-norm layers kept at their pretrained
+statistics (--batch_norm frozen; README "Small data").
 Writes to --output_dir: the model (safetensors) and its image processor, all_results.json,
 confusion_matrix.json (single-label, validation split), test_predictions.csv (id = image path), thresholds.json
 (multi-label: per-label thresholds tuned on validation, --tune_thresholds), a model card and a SHA-256 manifest;
