@@ -16,6 +16,7 @@ import text_cls
 import token_cls
 import torch
 from PIL import Image
+from test_flags import write_csv  # the tests' shared csv writer
 from transformers import TrainingArguments
 
 from ftlib.args import (
@@ -43,14 +44,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def read_csv(path: Path) -> list[dict]:
