@@ -180,6 +180,10 @@ for mode, strategy in {"full": {}, "adapter": {**LORA, "lora_save": "adapter"},
     # one file per rank and save: the two ranks' stdout lines interleave in the launcher's pipe
     (out / f"report.{mode}.rank{rank}.json").write_text(json.dumps({"rank": rank, "mode": mode, "gathers": len(calls),
                                                                     "local": local}))
+# gloo's threads outliving an undestroyed group aborted a rank at exit ("terminate called without an active
+# exception", SIGABRT) after everything was written: a flaky CI failure
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 '''
 
 
