@@ -250,6 +250,26 @@ class FineTuneArguments:
                           "(StratifiedGroupKFold / GroupKFold). Token data: a field of a JSON lines file or a column "
                           "of a Hub dataset."},
     )
+    # Hyperparameter search (see ftlib.hp_search)
+    hp_search: int = field(
+        default=0,
+        metadata={"help": "Before the final model, N trials of an Optuna search (TPE, seeded by --seed), each a fresh model "
+                          "trained with the run's strategy and scored on the validation split (metric_for_best_model); "
+                          "weak trials are pruned; the final model trains with the best values (config.yaml, the "
+                          "model card, hp_search.json). Resumable: the study is kept in hp_search/study.journal. "
+                          "0 = off."},
+    )
+    hp_space: str | None = field(
+        default=None,
+        metadata={"help": "With --hp_search: changes to the default space (learning_rate, head_learning_rate, "
+                          "layer_decay, warmup_steps, num_train_epochs), a YAML block in a config or JSON here: "
+                          "name: [low, high] | {low, high, log} | {choices: [...]} | null (not searched)."},
+    )
+    hp_search_prune: bool = field(
+        default=True,
+        metadata={"help": "With --hp_search: stop a trial whose validation metric is below the median of earlier "
+                          "trials at the same point of training (Optuna's MedianPruner)."},
+    )
     # Evaluation
     extra_metrics: list[str] | None = field(
         default=None,
@@ -336,6 +356,12 @@ class FineTuneArguments:
         if self.cv_folds and self.lr_find:
             raise ValueError("--cv_folds with --lr_find: the range test trains nothing to cross-validate; run --lr_find "
                              "first, then --cv_folds with the learning rate it suggests")
+        if self.hp_search < 0:
+            raise ValueError(f"--hp_search must be >= 0 (0: no search), got {self.hp_search}")
+        if self.hp_search and self.lr_find:
+            raise ValueError("--hp_search with --lr_find: the range test trains nothing to search over; run --lr_find "
+                             "first, or --hp_search alone (its space includes the learning rate)")
+        refuse_without(self, "--hp_search", self.hp_search > 0, ("hp_space", "hp_search_prune"))
         if not 0 < self.lr_find_start < self.lr_find_end or not math.isfinite(self.lr_find_end):
             raise ValueError(f"--lr_find_start and --lr_find_end need 0 < start < end, got {self.lr_find_start} and "
                              f"{self.lr_find_end}")

@@ -65,10 +65,11 @@ class PushFailedError(HubPushError):
 # What a pushed repo never gets: training state, optimizer moments, pickles, logs.
 # Local-only: resume state, pickle-capable files (the report's predictions.npz holds plain arrays, but the Hub
 # cannot tell), the run lock, the cross-validation's fold folders (cv/: each fold's logs and metrics; the summary,
-# cv_results.json, and the out-of-fold predictions are pushed). ``ftlib-report`` needs predictions.npz; the pushed
-# report has its figures.
-NOT_PUSHED = ("checkpoint-*", "runs", "cv", "*.pt", "*.pth", "*.bin", "*.npz", "trainer_state.json", ".ftlib-*",
-              "*.lock")
+# cv_results.json, and the out-of-fold predictions are pushed), the hyperparameter search's study and trial logs
+# (hp_search/; its summary, hp_search.json, is pushed). ``ftlib-report`` needs predictions.npz; the pushed report
+# has its figures.
+NOT_PUSHED = ("checkpoint-*", "runs", "cv", "hp_search", "*.pt", "*.pth", "*.bin", "*.npz", "trainer_state.json",
+              ".ftlib-*", "*.lock")
 
 
 @dataclass
@@ -352,10 +353,12 @@ def write_model_card(
     label_names: list[str] | None = None,
     repo_id: str | None = None,
     report: list[str] | None = None,
+    sections: list[str] | None = None,
 ) -> Path:
     """Write ``README.md`` with huggingface_hub's ``ModelCard``: metadata (``model-index`` with the headline
     metrics; ``base_model`` and ``datasets`` only when they are Hub ids), then the data, base checkpoint, headline
-    metrics, the report's figures (``report``: paths relative to ``output_dir``) and the strategy in prose.
+    metrics, the report's figures (``report``: paths relative to ``output_dir``), ``sections`` (markdown lines) and
+    the strategy in prose.
     Per-class figures are left to the report."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -394,6 +397,8 @@ def write_model_card(
                 lines += [f"![{CARD_FIGURES.get(name, name)}]({rel})", ""]
             elif name.endswith(".md"):
                 lines += [f"[Top losses (validation)]({rel})", ""]
+    if sections:  # more of the run's story, in markdown lines (the hyperparameter search)
+        lines += ["", *sections]
     lines += ["", "## Fine-tuning strategy", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in strategy.items()]
     if group_table:

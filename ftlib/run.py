@@ -17,6 +17,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from ftlib.args import FineTuneArguments
 from ftlib.cli import ConfigError, config_changes, config_yaml
+from ftlib.hp_search import card_section as hp_search_card
 from ftlib.hub import (
     HubSettings,
     check_push_access,
@@ -87,7 +88,7 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *oth
             "--cv_folds does not resume (its fold models are never saved): pass --overwrite_output_dir true to "
             "start over, or drop --cv_folds to resume the final training"
         )
-    if resume is not None:
+    if resume is not None and not ft_args.hp_search:  # a search checks once it knows the final values (ftlib.hp_search)
         check_resume_config(resume, config, ft_args.allow_config_change)
     set_seed(training_args.seed)
     return RunStart(resume, hub, config)
@@ -308,6 +309,7 @@ def publish(
         label_names=label_names,
         repo_id=hub.repo_id,
         report=[p.relative_to(output_dir).as_posix() for p in figures],
+        sections=hp_search_card(output_dir),
     )
     (output_dir / "ftlib_strategy.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     write_manifest(output_dir, published=files_to_push(output_dir))

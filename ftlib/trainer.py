@@ -297,6 +297,13 @@ class FtTrainer(Trainer):
             return None
         return super()._run_epoch(*args, **kwargs)
 
+    # -- hyperparameter search (ftlib.hp_search) ------------------------------------------------------
+    def _report_to_hp_search(self, trial, step, metrics):
+        """Report each evaluation to the trial at the quarter of training it falls in (0-4), not at its step:
+        trials differ in epochs and batch size, and the pruner compares trials at the same reported step."""
+        quarter = int(4 * self.state.global_step / max(1, self.state.max_steps))
+        super()._report_to_hp_search(trial, quarter, metrics)
+
     # -- weight averaging ----------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self._averaging is not None and resume_from_checkpoint:

@@ -50,6 +50,7 @@ from ftlib.data.image import (
     scan_images,
 )
 from ftlib.data.labels import MULTI, SINGLE, prepare_splits
+from ftlib.hp_search import search_hyperparameters
 from ftlib.lr_find import run_lr_find
 from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_image_processor, load_model
@@ -136,12 +137,17 @@ def main(
         for split in raw
     }
 
-    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
+    # -- the trainer of a fresh model with the run's strategy: the final model's, a search trial's, a fold's
     metric, greater = default_metric(labels.problem_type)
     set_best_metric(training_args, metric, greater)
     build = partial(build_trainer, validation=data["validation"], model_args=model_args, data_args=data_args,
                     ft_args=ft_args, checkpoint=checkpoint, config=config, processor=processor, labels=labels,
                     extra_metrics=extra_metrics)
+
+    # -- hyperparameter search (--hp_search): a fresh model per trial; what follows trains with the best values
+    build, ft_args = search_hyperparameters(build, training_args, ft_args, data["train"], run)
+
+    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
     cv = {}
     if folds is not None:
         held_out = raw["train"].with_transform(ImageTransform(transforms[False], data_args.image_column))

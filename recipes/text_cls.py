@@ -30,6 +30,7 @@ from ftlib.cv import ClassColumns, cross_validate, plan_folds, row_folds
 from ftlib.data.files import check_empty_inputs, load_data, source_name
 from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
+from ftlib.hp_search import search_hyperparameters
 from ftlib.lr_find import run_lr_find
 from ftlib.metrics import compute_metrics_fn, default_metric, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
@@ -104,11 +105,16 @@ def main(
             for split in raw
         }
 
-    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
+    # -- the trainer of a fresh model with the run's strategy: the final model's, a search trial's, a fold's
     metric, greater = default_metric(labels.problem_type)
     set_best_metric(training_args, metric, greater)
     build = partial(build_trainer, validation=encoded["validation"], model_args=model_args, ft_args=ft_args,
                     checkpoint=checkpoint, config=config, tokenizer=tokenizer, labels=labels, extra_metrics=extra_metrics)
+
+    # -- hyperparameter search (--hp_search): a fresh model per trial; what follows trains with the best values
+    build, ft_args = search_hyperparameters(build, training_args, ft_args, encoded["train"], run)
+
+    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
     cv = {}
     if folds is not None:
         ids = raw["train"][data_args.id_column] if data_args.id_column else range(len(raw["train"]))

@@ -55,6 +55,7 @@ from ftlib.data.token import (
     tokenize_dataset,
     write_conll_predictions,
 )
+from ftlib.hp_search import search_hyperparameters
 from ftlib.lr_find import run_lr_find
 from ftlib.metrics import WordMetrics, load_extra_metrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
@@ -125,13 +126,18 @@ def main(
         windows = {split: windows_of(raw[split]) for split in raw}
     inputs = {split: model_inputs(w, tokenizer) for split, w in windows.items()}
 
-    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
+    # -- the trainer of a fresh model with the run's strategy: the final model's, a search trial's, a fold's
     set_best_metric(training_args, "f1", True)
     word_metrics = {split: WordMetrics(raw[split], windows[split], labels.id2label, scheme, extra_metrics)
                     for split in ("validation", "test") if split in raw}  # one per split: no mode to switch
     build = partial(build_trainer, validation=inputs["validation"], validation_metrics=word_metrics["validation"],
                     model_args=model_args, data_args=data_args, ft_args=ft_args, checkpoint=checkpoint, config=config,
                     tokenizer=tokenizer, labels=labels)
+
+    # -- hyperparameter search (--hp_search): a fresh model per trial; what follows trains with the best values
+    build, ft_args = search_hyperparameters(build, training_args, ft_args, inputs["train"], run)
+
+    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
     cv = {}
     if folds is not None:
         fold = partial(sentence_fold, sentences=raw["train"], windows_of=windows_of, build=build, tokenizer=tokenizer,
