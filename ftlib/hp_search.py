@@ -210,13 +210,15 @@ def apply_values(values: dict[str, Any], training_args: TrainingArguments, ft_ar
 
 
 # -- the search ---------------------------------------------------------------------------------------------------
-def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft_args, train, run):
-    """Run ``--hp_search`` (nothing without it) and return ``(build, ft_args)`` for what follows, with the best
-    values: ``training_args`` gets the best trial's training values in place, ``run.config`` (and so
-    ``config.yaml``) the final model's configuration. ``build(args, train, ft_args=...)``: the recipe's trainer
-    function (a fresh model with the strategy, :mod:`ftlib.cv`); ``run``: :class:`ftlib.run.RunStart`."""
+def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft_args, train,
+                           run) -> dict[str, Any] | None:
+    """Run ``--hp_search`` (nothing without it) and return the best trial's values, which are then set in place on
+    ``training_args`` and ``ft_args`` (so that what follows, ``build`` included, trains with them), and
+    ``run.config`` (and so ``config.yaml``) becomes the final model's configuration. ``build(args, train,
+    ft_args=...)``: the recipe's trainer function (a fresh model with the strategy, :mod:`ftlib.cv`); ``run``:
+    :class:`ftlib.run.RunStart`."""
     if not ft_args.hp_search:
-        return build, ft_args
+        return None
     optuna = _import_optuna()
     from ftlib.run import check_resume_config, take_output_dir
 
@@ -252,10 +254,9 @@ def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft
     print(f"hyperparameter search, {len(trials)} trials ({metric} on the validation split, "
           f"{'higher' if greater else 'lower'} is better):\n{format_table(results)}", flush=True)
 
-    best_args, best_ft = apply_values(best.params, training_args, ft_args)
-    for name in best.params:
-        if not hasattr(ft_args, name):
-            setattr(training_args, name, getattr(best_args, name))
+    apply_values(best.params, training_args, ft_args)  # the ftlib values together pass their checks
+    for name, value in best.params.items():
+        setattr(ft_args if hasattr(ft_args, name) else training_args, name, value)
     run.config = final_config(run.config, best.params)
     if run.resume_from is not None:  # deferred by start_run: the final model's configuration is known only now
         check_resume_config(run.resume_from, run.config, ft_args.allow_config_change)
@@ -263,7 +264,7 @@ def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft
     set_seed(training_args.seed)  # the final model starts from the state it has without a search
     logger.info("hyperparameter search: best trial %d (%s %.4f): %s", best.number, metric, best.value,
                 ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
-    return partial(build, ft_args=best_ft), best_ft
+    return best.params
 
 
 def _import_optuna():

@@ -17,7 +17,9 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from ftlib.args import FineTuneArguments
 from ftlib.cli import ConfigError, config_changes, config_yaml
+from ftlib.cv import cross_validate
 from ftlib.hp_search import card_section as hp_search_card
+from ftlib.hp_search import search_hyperparameters
 from ftlib.hub import (
     HubSettings,
     check_push_access,
@@ -31,6 +33,8 @@ from ftlib.hub import (
 from ftlib.integrity import MANIFEST, write_manifest
 from ftlib.launch import check_launch
 from ftlib.lora import save_lora
+from ftlib.lr_find import run_lr_find
+from ftlib.metrics import load_extra_metrics
 from ftlib.outputs import (
     check_free_space,
     check_not_in_use,
@@ -62,11 +66,12 @@ class RunStart:
     resume_from: str | None
     hub: HubSettings
     config: str = ""  # the effective configuration as YAML; written to config.yaml when training starts
+    extra_metrics: list = dataclasses.field(default_factory=list)  # --extra_metrics, loaded (ftlib.metrics)
 
 
 def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *other_args) -> RunStart:
-    """Logging on the main process, every check that needs no model or data, the seed, and the effective
-    configuration of the run (``other_args``: the recipe's model and data arguments), which :func:`train`
+    """Logging on the main process, every check that needs no model or data (``--extra_metrics`` modules loaded),
+    the seed, and the effective configuration of the run (``other_args``: the recipe's model and data arguments), which :func:`train`
     writes to ``config.yaml`` and from which ``--config`` reproduces the run."""
     level = training_args.get_process_log_level()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
@@ -90,8 +95,9 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *oth
         )
     if resume is not None and not ft_args.hp_search:  # a search checks once it knows the final values (ftlib.hp_search)
         check_resume_config(resume, config, ft_args.allow_config_change)
+    extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
     set_seed(training_args.seed)
-    return RunStart(resume, hub, config)
+    return RunStart(resume, hub, config, extra_metrics)
 
 
 def check_resume_config(checkpoint: str, config: str, allow_change: bool = False) -> None:
@@ -212,6 +218,28 @@ class TakeOutputDir(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and self.config and folder.is_dir():
             (folder / CONFIG_FILE).write_text(self.config, encoding="utf-8")
+
+
+def fit(build, train_data, training_args: TrainingArguments, ft_args: FineTuneArguments, run: RunStart,
+        folds=None, fold=None, ids=None) -> tuple[Any, dict[str, float]]:
+    """A recipe's training once its data is ready, in order: the hyperparameter search (``--hp_search``, its best
+    values set on the arguments, :mod:`ftlib.hp_search`), the cross-validation (``--cv_folds``: ``folds`` from
+    :func:`ftlib.cv.plan_folds`, ``fold`` the recipe's fold function, ``ids`` one per training row), then the final
+    model: built by ``build(args, train_data)`` and trained (:func:`train`), or swept by the learning-rate range
+    test (``--lr_find``). Returns ``(trainer, metrics)``; the trainer is None when no final model trained
+    (``--cv_only``, ``--lr_find``: the metrics are then the cross-validation's or the range test's)."""
+    search_hyperparameters(build, training_args, ft_args, train_data, run)
+    cv = {}
+    if folds is not None:
+        cv = cross_validate(training_args, ft_args, folds, fold, ids=ids, config=run.config)
+        if ft_args.cv_only:
+            return None, cv
+    trainer = build(training_args, train_data)
+    if ft_args.lr_find:  # the range test in place of training: prints the rate to use, keeps nothing it trained
+        return None, run_lr_find(trainer, ft_args)
+    metrics = train(trainer, run.resume_from, run.config)
+    metrics.update(cv)  # the cross-validation's means and standard deviations, when it ran
+    return trainer, metrics
 
 
 def train(trainer, resume_from: str | None, config: str | None = None) -> dict[str, float]:

@@ -36,7 +36,7 @@ from transformers import AutoModelForImageClassification, TrainingArguments
 from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
 from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
-from ftlib.cv import ClassColumns, cross_validate, plan_folds, row_folds
+from ftlib.cv import ClassColumns, plan_folds, row_folds
 from ftlib.data.files import check_empty_inputs, source_name
 from ftlib.data.image import (
     ImageTransform,
@@ -50,20 +50,18 @@ from ftlib.data.image import (
     scan_images,
 )
 from ftlib.data.labels import MULTI, SINGLE, prepare_splits
-from ftlib.hp_search import search_hyperparameters
-from ftlib.lr_find import run_lr_find
-from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric, load_extra_metrics
+from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric
 from ftlib.modeling import load_config_for_labels, load_image_processor, load_model
 from ftlib.report import EvalExamples
 from ftlib.run import (
     TRAINING_DEFAULTS,
+    fit,
     predict,
     predict_test,
     publish,
     save_model,
     set_best_metric,
     start_run,
-    train,
     tune_thresholds,
     write_confusion_matrix,
 )
@@ -96,9 +94,8 @@ def main(
     ft_args: FineTuneArguments,
     training_args: TrainingArguments,
 ) -> dict[str, float]:
-    # -- start: logging, output directory, Hub settings, seed
+    # -- start: logging, checks, output directory, Hub settings, extra metrics, seed
     run = start_run(training_args, ft_args, model_args, data_args)
-    extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data: image references (paths, or undecoded bytes) and labels; pixels are decoded later, in the workers
     with training_args.main_process_first(desc="image data"):  # main process first: sklearn-digits exported once
@@ -137,36 +134,23 @@ def main(
         for split in raw
     }
 
-    # -- the trainer of a fresh model with the run's strategy: the final model's, a search trial's, a fold's
+    # -- model, strategy, trainer: built fresh for the final model, each search trial and each fold
     metric, greater = default_metric(labels.problem_type)
     set_best_metric(training_args, metric, greater)
     build = partial(build_trainer, validation=data["validation"], model_args=model_args, data_args=data_args,
                     ft_args=ft_args, checkpoint=checkpoint, config=config, processor=processor, labels=labels,
-                    extra_metrics=extra_metrics)
+                    extra_metrics=run.extra_metrics)
+    held_out = raw["train"].with_transform(ImageTransform(transforms[False], data_args.image_column))  # fold scoring
+    folds_of = row_folds(build, data["train"], held_out, ClassColumns(labels))
+    train_ids = None if folds is None else (  # a pass over the image column: only for the folds' predictions
+        raw["train"][data_args.id_column] if data_args.id_column else image_ids(raw["train"], data_args.image_column))
 
-    # -- hyperparameter search (--hp_search): a fresh model per trial; what follows trains with the best values
-    build, ft_args = search_hyperparameters(build, training_args, ft_args, data["train"], run)
+    # -- search (--hp_search), cross-validation (--cv_folds), train (or --lr_find: the range test, nothing kept)
+    trainer, metrics = fit(build, data["train"], training_args, ft_args, run, folds, folds_of, train_ids)
+    if trainer is None:
+        return metrics
 
-    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
-    cv = {}
-    if folds is not None:
-        held_out = raw["train"].with_transform(ImageTransform(transforms[False], data_args.image_column))
-        ids = raw["train"][data_args.id_column] if data_args.id_column else image_ids(raw["train"], data_args.image_column)
-        cv = cross_validate(training_args, ft_args, folds, row_folds(build, data["train"], held_out, ClassColumns(labels)),
-                            ids=ids, config=run.config)
-        if ft_args.cv_only:
-            return cv
-
-    # -- model, strategy, trainer
-    trainer = build(training_args, data["train"])
-
-    # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
-    if ft_args.lr_find:
-        return run_lr_find(trainer, ft_args)
-
-    # -- train, evaluate (one pass over validation gives the metrics and the confusion matrix)
-    metrics = train(trainer, run.resume_from, run.config)
-    metrics.update(cv)  # the cross-validation's means and standard deviations, when it ran
+    # -- evaluate (one pass over validation gives the metrics and the confusion matrix)
     if data_args.skip_corrupt_images:
         trainer.save_metrics("data", {"skipped_images": len(skipped)})
         metrics["skipped_images"] = len(skipped)

@@ -26,24 +26,22 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
 from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
-from ftlib.cv import ClassColumns, cross_validate, plan_folds, row_folds
+from ftlib.cv import ClassColumns, plan_folds, row_folds
 from ftlib.data.files import check_empty_inputs, load_data, source_name
 from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
-from ftlib.hp_search import search_hyperparameters
-from ftlib.lr_find import run_lr_find
-from ftlib.metrics import compute_metrics_fn, default_metric, load_extra_metrics
+from ftlib.metrics import compute_metrics_fn, default_metric
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.report import EvalExamples
 from ftlib.run import (
     TRAINING_DEFAULTS,
     evaluate,
+    fit,
     predict_test,
     publish,
     save_model,
     set_best_metric,
     start_run,
-    train,
     tune_thresholds,
 )
 from ftlib.thresholds import thresholds_wanted
@@ -74,9 +72,8 @@ def main(
     ft_args: FineTuneArguments,
     training_args: TrainingArguments,
 ) -> dict[str, float]:
-    # -- start: logging, output directory, Hub settings, seed
+    # -- start: logging, checks, output directory, Hub settings, extra metrics, seed
     run = start_run(training_args, ft_args, model_args, data_args)
-    extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data
     raw = load_data(data_args, model_args.cache_dir)
@@ -105,34 +102,20 @@ def main(
             for split in raw
         }
 
-    # -- the trainer of a fresh model with the run's strategy: the final model's, a search trial's, a fold's
+    # -- model, strategy, trainer: built fresh for the final model, each search trial and each fold
     metric, greater = default_metric(labels.problem_type)
     set_best_metric(training_args, metric, greater)
     build = partial(build_trainer, validation=encoded["validation"], model_args=model_args, ft_args=ft_args,
-                    checkpoint=checkpoint, config=config, tokenizer=tokenizer, labels=labels, extra_metrics=extra_metrics)
+                    checkpoint=checkpoint, config=config, tokenizer=tokenizer, labels=labels, extra_metrics=run.extra_metrics)
+    folds_of = row_folds(build, encoded["train"], columns=ClassColumns(labels))
+    train_ids = raw["train"][data_args.id_column] if data_args.id_column else range(len(raw["train"]))
 
-    # -- hyperparameter search (--hp_search): a fresh model per trial; what follows trains with the best values
-    build, ft_args = search_hyperparameters(build, training_args, ft_args, encoded["train"], run)
+    # -- search (--hp_search), cross-validation (--cv_folds), train (or --lr_find: the range test, nothing kept)
+    trainer, metrics = fit(build, encoded["train"], training_args, ft_args, run, folds, folds_of, train_ids)
+    if trainer is None:
+        return metrics
 
-    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
-    cv = {}
-    if folds is not None:
-        ids = raw["train"][data_args.id_column] if data_args.id_column else range(len(raw["train"]))
-        cv = cross_validate(training_args, ft_args, folds, row_folds(build, encoded["train"], columns=ClassColumns(labels)),
-                            ids=ids, config=run.config)
-        if ft_args.cv_only:
-            return cv
-
-    # -- model, strategy, trainer
-    trainer = build(training_args, encoded["train"])
-
-    # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
-    if ft_args.lr_find:
-        return run_lr_find(trainer, ft_args)
-
-    # -- train, evaluate
-    metrics = train(trainer, run.resume_from, run.config)
-    metrics.update(cv)  # the cross-validation's means and standard deviations, when it ran
+    # -- evaluate
     metrics.update(evaluate(trainer, encoded["validation"]))
     thresholds = tune_thresholds(trainer, labels.names) if tune else None  # on that evaluation; thresholds.json
 

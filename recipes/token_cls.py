@@ -40,7 +40,7 @@ from transformers import (
 from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
 from ftlib.checkpoints import prepare_checkpoint, public_name
 from ftlib.cli import parse_args
-from ftlib.cv import Fold, TagColumns, cross_validate, plan_folds
+from ftlib.cv import Fold, TagColumns, plan_folds
 from ftlib.data.files import check_empty_inputs, limit_samples, load_data, source_name
 from ftlib.data.labels import SINGLE, LabelInfo, ensure_validation
 from ftlib.data.text import effective_max_length
@@ -55,12 +55,10 @@ from ftlib.data.token import (
     tokenize_dataset,
     write_conll_predictions,
 )
-from ftlib.hp_search import search_hyperparameters
-from ftlib.lr_find import run_lr_find
-from ftlib.metrics import WordMetrics, load_extra_metrics
+from ftlib.metrics import WordMetrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.report import EvalExamples, argmax_with_probs
-from ftlib.run import TRAINING_DEFAULTS, predict, publish, save_model, set_best_metric, start_run, train
+from ftlib.run import TRAINING_DEFAULTS, fit, predict, publish, save_model, set_best_metric, start_run
 from ftlib.trainer import FtTrainer, class_weights_from_labels, labelled_tokens_per_batch, prepare_model
 
 # Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
@@ -89,9 +87,8 @@ def main(
     ft_args: FineTuneArguments,
     training_args: TrainingArguments,
 ) -> dict[str, float]:
-    # -- start: logging, output directory, Hub settings, seed
+    # -- start: logging, checks, output directory, Hub settings, extra metrics, seed
     run = start_run(training_args, ft_args, model_args, data_args)
-    extra_metrics = load_extra_metrics(ft_args.extra_metrics)  # a module that does not load fails now
 
     # -- data: words and string tags per sentence
     keep = (ft_args.group_column,) if ft_args.group_column else ()
@@ -126,36 +123,20 @@ def main(
         windows = {split: windows_of(raw[split]) for split in raw}
     inputs = {split: model_inputs(w, tokenizer) for split, w in windows.items()}
 
-    # -- the trainer of a fresh model with the run's strategy: the final model's, a search trial's, a fold's
+    # -- model, strategy, trainer: built fresh for the final model, each search trial and each fold
     set_best_metric(training_args, "f1", True)
-    word_metrics = {split: WordMetrics(raw[split], windows[split], labels.id2label, scheme, extra_metrics)
+    word_metrics = {split: WordMetrics(raw[split], windows[split], labels.id2label, scheme, run.extra_metrics)
                     for split in ("validation", "test") if split in raw}  # one per split: no mode to switch
     build = partial(build_trainer, validation=inputs["validation"], validation_metrics=word_metrics["validation"],
                     model_args=model_args, data_args=data_args, ft_args=ft_args, checkpoint=checkpoint, config=config,
                     tokenizer=tokenizer, labels=labels)
+    folds_of = partial(sentence_fold, sentences=raw["train"], windows_of=windows_of, build=build, tokenizer=tokenizer,
+                       id2label=labels.id2label, scheme=scheme, extra_metrics=run.extra_metrics)
 
-    # -- hyperparameter search (--hp_search): a fresh model per trial; what follows trains with the best values
-    build, ft_args = search_hyperparameters(build, training_args, ft_args, inputs["train"], run)
-
-    # -- cross-validation (--cv_folds): a fresh model per fold, trained as below on the other folds (ftlib.cv)
-    cv = {}
-    if folds is not None:
-        fold = partial(sentence_fold, sentences=raw["train"], windows_of=windows_of, build=build, tokenizer=tokenizer,
-                       id2label=labels.id2label, scheme=scheme, extra_metrics=extra_metrics)
-        cv = cross_validate(training_args, ft_args, folds, fold, ids=raw["train"]["id"], config=run.config)
-        if ft_args.cv_only:
-            return cv
-
-    # -- model, strategy, trainer
-    trainer = build(training_args, inputs["train"])
-
-    # -- or the learning-rate range test in place of training: prints the rate to use, keeps nothing it trained
-    if ft_args.lr_find:
-        return run_lr_find(trainer, ft_args)
-
-    # -- train
-    metrics = train(trainer, run.resume_from, run.config)
-    metrics.update(cv)  # the cross-validation's means and standard deviations, when it ran
+    # -- search (--hp_search), cross-validation (--cv_folds), train (or --lr_find: the range test, nothing kept)
+    trainer, metrics = fit(build, inputs["train"], training_args, ft_args, run, folds, folds_of, raw["train"]["id"])
+    if trainer is None:
+        return metrics
 
     # -- evaluate and predict: word-level metrics, predictions written back as CoNLL
     for split, prefix in (("validation", "eval"), ("test", "test")):
