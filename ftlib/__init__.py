@@ -16,6 +16,7 @@ _EXPORTS = {
     "ftlib.args": ["DataArguments", "FineTuneArguments", "ModelArguments", "TextDataArguments"],
     "ftlib.cli": ["ConfigError", "parse_args"],
     "ftlib.freezing": ["apply_freezing", "count_parameters", "freeze_patterns", "layers_to_freeze", "set_trainable"],
+    "ftlib.hp_search": ["search_hyperparameters", "search_space"],
     "ftlib.lora": ["apply_lora", "default_target_modules", "save_lora"],
     "ftlib.lr_find": ["LRFindResult", "lr_find", "plot_lr_find"],
     "ftlib.optim": ["build_param_groups", "format_group_table", "layer_learning_rates", "resolve_optimizer"],

@@ -211,12 +211,18 @@ def apply_values(values: dict[str, Any], training_args: TrainingArguments, ft_ar
 
 # -- the search ---------------------------------------------------------------------------------------------------
 def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft_args, train,
-                           run) -> dict[str, Any] | None:
+                           run=None) -> dict[str, Any] | None:
     """Run ``--hp_search`` (nothing without it) and return the best trial's values, which are then set in place on
-    ``training_args`` and ``ft_args`` (so that what follows, ``build`` included, trains with them), and
-    ``run.config`` (and so ``config.yaml``) becomes the final model's configuration. ``build(args, train,
-    ft_args=...)``: the recipe's trainer function (a fresh model with the strategy, :mod:`ftlib.cv`); ``run``:
-    :class:`ftlib.run.RunStart`."""
+    ``training_args`` and ``ft_args`` (so that what follows, ``build`` included, trains with them).
+    ``build(args, train, ft_args=...)``: a fresh model with the strategy and its :class:`~ftlib.trainer.FtTrainer`
+    (a recipe's trainer function, as for :mod:`ftlib.cv`); ``train``: the training data. ``run``: a recipe's
+    :class:`ftlib.run.RunStart`, whose ``config`` (and so ``config.yaml``) becomes the final model's configuration
+    and guards a continued study; without it (a notebook) the study is checked against the space and metric only.
+
+        ft = FineTuneArguments(layer_decay=0.9, hp_search=8)
+        best = search_hyperparameters(lambda args, data, ft_args: FtTrainer(model=..., args=args, ft_args=ft_args,
+                                                                            train_dataset=data, ...), args, ft, train)
+    """
     if not ft_args.hp_search:
         return None
     optuna = _import_optuna()
@@ -231,11 +237,13 @@ def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft
     greater = training_args.greater_is_better if training_args.greater_is_better is not None else metric != "eval_loss"
     output_dir = Path(training_args.output_dir)
     folder = output_dir / SEARCH_DIR
-    take_output_dir(output_dir, run.config)
+    config = run.config if run is not None else ""
+    output_dir.mkdir(parents=True, exist_ok=True)  # a recipe's is there already (ftlib.run.start_run)
+    take_output_dir(output_dir, config)
     if ft_args.overwrite_output_dir:
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    study = open_study(optuna, folder / STORAGE_FILE, space, metric, greater, training_args, ft_args, run.config)
+    study = open_study(optuna, folder / STORAGE_FILE, space, metric, greater, training_args, ft_args, config)
     done = finished_trials(optuna, study)
     remaining = max(0, ft_args.hp_search - len(done))
     logger.info("hyperparameter search: %d trials (%d done before), %s on the validation split; space: %s",
@@ -257,10 +265,11 @@ def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft
     apply_values(best.params, training_args, ft_args)  # the ftlib values together pass their checks
     for name, value in best.params.items():
         setattr(ft_args if hasattr(ft_args, name) else training_args, name, value)
-    run.config = final_config(run.config, best.params)
-    if run.resume_from is not None:  # deferred by start_run: the final model's configuration is known only now
-        check_resume_config(run.resume_from, run.config, ft_args.allow_config_change)
-    take_output_dir(output_dir, run.config)
+    if run is not None:
+        run.config = final_config(run.config, best.params)
+        if run.resume_from is not None:  # deferred by start_run: the final model's configuration is known only now
+            check_resume_config(run.resume_from, run.config, ft_args.allow_config_change)
+        take_output_dir(output_dir, run.config)
     set_seed(training_args.seed)  # the final model starts from the state it has without a search
     logger.info("hyperparameter search: best trial %d (%s %.4f): %s", best.number, metric, best.value,
                 ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))

@@ -336,3 +336,27 @@ def test_token_and_image_recipes_search_too(tiny_bert_dir, tiny_vit_dir, tmp_pat
     assert results["metric"] == "eval_accuracy" and len(results["per_trial"]) == 2
     assert "num_train_epochs" not in results["space"] and (tmp_path / "images" / "model.safetensors").is_file()
 
+
+
+def test_a_notebook_search_with_its_own_trainer_function(core_bert_dir, core_data, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from ftlib import FtTrainer, prepare_model, search_hyperparameters
+
+    def build(args, data, ft_args):
+        model, anatomy = prepare_model(AutoModelForSequenceClassification.from_pretrained(core_bert_dir), ft_args)
+        return FtTrainer(model=model, args=args, ft_args=ft_args, anatomy=anatomy, train_dataset=data,
+                         eval_dataset=core_data(8, seed=1))
+
+    args = TrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", max_steps=4, learning_rate=1e-3,
+                             per_device_train_batch_size=4, eval_strategy="steps", eval_steps=2, save_strategy="no",
+                             disable_tqdm=True)
+    ft = FineTuneArguments(hp_search=3, layer_decay=0.9)
+    best = search_hyperparameters(build, args, ft, core_data(16))
+    results = json.loads((tmp_path / "out" / "hp_search.json").read_text())
+    # no metric_for_best_model: the evaluation loss, lower is better; --max_steps: epochs not searched
+    assert (results["metric"], results["direction"]) == ("eval_loss", "minimize")
+    assert "num_train_epochs" not in results["space"] and len(results["per_trial"]) == 3
+    assert best == results["best"]["params"]
+    assert (args.learning_rate, ft.layer_decay, ft.head_learning_rate) == (
+        best["learning_rate"], best["layer_decay"], best["head_learning_rate"])
