@@ -360,3 +360,37 @@ def test_a_notebook_search_with_its_own_trainer_function(core_bert_dir, core_dat
     assert best == results["best"]["params"]
     assert (args.learning_rate, ft.layer_decay, ft.head_learning_rate) == (
         best["learning_rate"], best["layer_decay"], best["head_learning_rate"])
+
+
+@pytest.mark.slow
+def test_the_final_training_resumes_after_a_finished_search(tiny_bert_dir, tmp_path, monkeypatch):
+    """Killed during the final training: the same command again runs no trial, takes the best values from the
+    study, finds them equal to the checkpoint's config.yaml, and resumes from the checkpoint."""
+    import ftlib.run
+
+    train = write_csv(tmp_path / "train.csv", text_rows())
+    out = tmp_path / "out"
+    argv = text_argv(tiny_bert_dir, train, out, "--hp_search", 2, "--hp_search_prune", "false",
+                     "--save_strategy", "steps", "--save_steps", 2)
+    real_step, real_train, real_trial = ftlib.trainer.FtTrainer.training_step, ftlib.run.train, hp.run_trial
+    trials, resumed_from = [], []
+
+    def crash_in_the_final_training(self, model, inputs, num_items_in_batch=None):
+        if self.args.output_dir == str(out) and self.state.global_step == 3:
+            raise MachineGone
+        return real_step(self, model, inputs, num_items_in_batch)
+
+    monkeypatch.setattr(ftlib.trainer.FtTrainer, "training_step", crash_in_the_final_training)
+    monkeypatch.setattr(ftlib.run, "train", lambda trainer, resume, config: resumed_from.append(resume)
+                        or real_train(trainer, resume, config))
+    monkeypatch.setattr(hp, "run_trial", lambda trial, **kw: trials.append(trial.number) or real_trial(trial, **kw))
+    with pytest.raises(MachineGone):
+        run_text(argv)
+    assert trials == [0, 1] and (out / "checkpoint-2" / "config.yaml").is_file()
+    assert (out / "checkpoint-2" / "config.yaml").read_text() == (out / "config.yaml").read_text()
+
+    monkeypatch.setattr(ftlib.trainer.FtTrainer, "training_step", real_step)
+    run_text(argv)
+    assert trials == [0, 1] and resumed_from == [None, str(out / "checkpoint-2")]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"] and verify_manifest(out) == []
