@@ -11,7 +11,7 @@ Trainer reports every evaluation to the trial and stops a pruned one.
 
 - **Space** (:func:`search_space`): the learning rate and the head's (log scale, a third to three times the run's
   values), the layer decay (0.65-1), warmup (0-20% of the steps) and the epochs (one fewer to two more than the
-  run's; not with ``--max_steps``). ``--hp_space`` (a YAML mapping in a config, JSON on the command line) narrows,
+  run's, from where the step budget ``--min_train_steps`` stops raising them; not with ``--max_steps``). ``--hp_space`` (a YAML mapping in a config, JSON on the command line) narrows,
   widens or extends it: ``name: [low, high]`` (a range: integers when both ends are; log scale for learning
   rates), ``name: {low: .., high: .., log: true|false}``, ``name: {choices: [...]}``, or ``name: null`` (not
   searched: the run's value). Any numeric field of the training or ftlib arguments may be searched.
@@ -51,6 +51,8 @@ from typing import Any
 
 import yaml
 from transformers import TrainingArguments, set_seed
+
+from ftlib.small_data import budget_epochs
 
 logger = logging.getLogger("ftlib")
 
@@ -102,8 +104,10 @@ class Param:
 
 
 # -- the space ----------------------------------------------------------------------------------------------------
-def default_space(training_args: TrainingArguments, ft_args) -> dict[str, Param]:
-    """The strategy's space, centred on the run's own values (see the module docstring)."""
+def default_space(training_args: TrainingArguments, ft_args, num_rows: int | None = None) -> dict[str, Param]:
+    """The strategy's space, centred on the run's own values (see the module docstring). ``num_rows``: the training
+    rows; with the step budget (``--min_train_steps``) the epochs start where the budget stops raising them, since
+    fewer train the same."""
     lr = training_args.learning_rate
     head = ft_args.head_learning_rate or lr
     space = {
@@ -114,7 +118,13 @@ def default_space(training_args: TrainingArguments, ft_args) -> dict[str, Param]
     }
     if training_args.max_steps <= 0:
         epochs = max(1, round(training_args.num_train_epochs))
-        space["num_train_epochs"] = Param("num_train_epochs", max(1, epochs - 1), epochs + 2, integer=True)
+        floor = 1
+        if num_rows and ft_args.min_train_steps > 0:
+            rows_per_step = (training_args.per_device_train_batch_size * training_args.world_size
+                             * training_args.gradient_accumulation_steps)
+            floor = int(budget_epochs(num_rows, rows_per_step, 0, ft_args.min_train_steps))
+        low = max(1, epochs - 1, floor)
+        space["num_train_epochs"] = Param("num_train_epochs", low, max(epochs + 2, low + 2), integer=True)
     return space
 
 
@@ -163,10 +173,10 @@ def _number(value: Any) -> Any:
     return value
 
 
-def search_space(training_args: TrainingArguments, ft_args) -> dict[str, Param]:
+def search_space(training_args: TrainingArguments, ft_args, num_rows: int | None = None) -> dict[str, Param]:
     """:func:`default_space` with ``--hp_space`` applied; every searched value checked against the ftlib arguments'
     own rules (both ends of a range, every choice) before any trial trains."""
-    space = default_space(training_args, ft_args)
+    space = default_space(training_args, ft_args, num_rows)
     if ft_args.hp_space:
         try:  # JSON (a config's YAML block arrives so, and the command line), or YAML
             given = json.loads(ft_args.hp_space)
@@ -232,7 +242,7 @@ def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft
         raise ValueError(f"--hp_search runs its trials in one process; this run has {training_args.world_size}. "
                          "Search with `python recipes/...` (one device), then train the final model on many with "
                          "--config <output_dir>/config.yaml")
-    space = search_space(training_args, ft_args)
+    space = search_space(training_args, ft_args, len(train))
     metric = metric_key(training_args.metric_for_best_model or "loss")
     greater = training_args.greater_is_better if training_args.greater_is_better is not None else metric != "eval_loss"
     output_dir = Path(training_args.output_dir)
@@ -341,6 +351,8 @@ def start_values(space: dict[str, Param], training_args: TrainingArguments, ft_a
         current = getattr(owner, param.name)
         if param.name == "head_learning_rate" and current is None:
             current = training_args.learning_rate
+        if param.name == "num_train_epochs" and param.integer and current < param.low:
+            current = param.low  # below the budget's floor (default_space): the run trains that many
         if param.contains(current):
             start[param.name] = int(current) if param.integer else current
     return start
