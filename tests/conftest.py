@@ -19,14 +19,17 @@ sys.path.insert(0, str(ROOT / "recipes"))  # recipes are scripts; tests import t
 
 @pytest.fixture(autouse=True)
 def fixed_step_count(monkeypatch):
-    """The text and image recipes' training budget (``min_train_steps``) would turn the tests' few-row, few-epoch
-    runs into 250-step ones whose step counts the tests do not expect; tests that are about the budget set it
-    themselves (tests/test_small_data.py), and test_text_cls.py / test_image_cls.py check the shipped defaults."""
+    """The recipes' training budget (``min_train_steps``) would turn the tests' few-row, few-epoch runs into
+    250-step ones whose step counts the tests do not expect; tests that are about the budget set it themselves
+    (tests/test_small_data.py), and test_text_cls.py / test_image_cls.py / test_token_cls.py check the shipped
+    defaults."""
     import image_cls
     import text_cls
+    import token_cls
 
     monkeypatch.setitem(text_cls.RECIPE_DEFAULTS, "min_train_steps", 0)
     monkeypatch.setitem(image_cls.RECIPE_DEFAULTS, "min_train_steps", 0)
+    monkeypatch.setitem(token_cls.RECIPE_DEFAULTS, "min_train_steps", 0)
 
 
 @pytest.fixture(scope="session")

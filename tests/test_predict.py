@@ -333,7 +333,10 @@ def token_run(tiny_bert_dir, tmp_path_factory) -> Path:
     recipe("token", ["--model_name_or_path", str(tiny_bert_dir), "--train_file", str(train), "--validation_file",
                      str(val), "--test_file", str(root / "test.conll"), "--output_dir", str(out),
                      "--max_seq_length", "24", "--stride", "6", "--per_device_train_batch_size", "8",
-                     "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3", "--num_train_epochs", "6"])
+                     "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3", "--num_train_epochs", "6",
+                     # one rate, trainable embeddings: the tiny model's random weights must all learn in a few steps
+                     "--head_learning_rate", "3e-3", "--layer_decay", "1.0", "--warmup_steps", "0",
+                     "--freeze_embeddings", "false"])
     return out
 
 

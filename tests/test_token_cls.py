@@ -82,11 +82,16 @@ def run(argv: list[str]) -> dict:
     return token_cls.main(*args)
 
 
+# One rate for every layer, no warm-up, trainable embeddings: the tiny model's weights (embeddings included) are
+# random and must all learn in a few steps; the shipped strategy is checked on its own below.
+ONE_RATE = ["--head_learning_rate", "3e-3", "--layer_decay", "1.0", "--warmup_steps", "0", "--freeze_embeddings", "false"]
+
+
 def base_argv(model_dir, train, out, *extra) -> list[str]:
     return ["--model_name_or_path", str(model_dir), "--train_file", str(train), "--output_dir", str(out),
             "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--use_cpu", "true",
             "--learning_rate", "3e-3", "--num_train_epochs", "6", "--save_strategy", "no", "--disable_tqdm", "true",
-            "--dataloader_pin_memory", "false", "--seed", "0", *map(str, extra)]
+            "--dataloader_pin_memory", "false", "--seed", "0", *ONE_RATE, *map(str, extra)]
 
 
 def read_predictions(path: Path) -> list[list[list[str]]]:
@@ -248,6 +253,43 @@ def test_every_config_parses(config):
 def test_demo_config_names_existing_files():
     assert len(CONFIGS) >= 3
     assert len(read_conll(ROOT / "recipes/data/ner_demo/train.conll")) == 80
+
+
+def shipped_recipe():
+    """recipes/token_cls.py as shipped (the test session's fixture sets the budget to 0 in the imported module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("token_cls_as_shipped", ROOT / "recipes" / "token_cls.py")
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    return shipped
+
+
+@pytest.mark.slow
+def test_shipped_small_data_defaults(tiny_bert_dir, ner_files, tmp_path):
+    # the strategy chosen on bench/token_suite.py (README "Small data", "Tokens")
+    import torch
+
+    shipped = shipped_recipe()
+    expected = {"learning_rate": 1e-4, "head_learning_rate": 1e-3, "layer_decay": 0.9, "warmup_steps": 0.1,
+                "freeze_embeddings": True, "min_train_steps": 250, "train_sampling_strategy": "group_by_length"}
+    assert {k: shipped.RECIPE_DEFAULTS.get(k) for k in expected} == expected
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--train_file", str(ner_files["train"]), "--output_dir",
+            str(out), "--per_device_train_batch_size", "8", "--use_cpu", "true", "--save_strategy", "no",
+            "--eval_strategy", "no", "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "0"]
+    model_args, data_args, ft_args, training_args = parse_args(
+        (ModelArguments, TokenDataArguments, FineTuneArguments, TrainingArguments), argv,
+        defaults=shipped.RECIPE_DEFAULTS)
+    assert training_args.learning_rate == 1e-4 and training_args.warmup_steps == 0.1
+    assert ft_args.head_learning_rate == 1e-3 and ft_args.layer_decay == 0.9 and ft_args.freeze_embeddings
+    metrics = shipped.main(model_args, data_args, ft_args, training_args)
+    state = json.loads((out / "trainer_state.json").read_text())
+    # 64 sentences, 10% held out for validation: 58 train, 8 steps an epoch; 250 steps need 32 epochs = 256 steps
+    assert state["global_step"] == 256 and metrics["epoch"] == 32
+    assert torch.equal(_word_embeddings(out), _word_embeddings(tiny_bert_dir))  # frozen embeddings: untouched
+    recorded = json.loads((out / "ftlib_strategy.json").read_text())
+    assert recorded["layer_decay"] == 0.9 and recorded["head_learning_rate"] == 1e-3
 
 
 @pytest.mark.slow
