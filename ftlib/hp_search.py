@@ -18,8 +18,8 @@ Trainer reports every evaluation to the trial and stops a pruned one.
 - **Trials** are seeded: the sampler (TPE) by ``--seed``, and each trial's training by ``--seed`` too, so trials
   differ by their values only. Trial 0 is the run's own values (as far as they lie in the space), so the search
   never ends below the configuration it started from, on the validation split. A trial is pruned (Optuna's median
-  rule, from the third trial on, ``--hp_search_prune``) when its metric at some quarter of its training is below
-  the median of earlier trials at the same quarter.
+  rule, ``--hp_search_prune``) when its metric at some quarter of its training is below the median of earlier
+  trials at the same quarter: from the fourth trial on, and only in the second half of its training.
 - **Resumable**: the study lives in ``hp_search/study.journal`` in the output directory; running the same command
   again continues it (finished and pruned trials count towards N; one cut off by a crash is run again) and, once N
   trials are done, trains the final model. A changed search space or run configuration is refused, naming what
@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -66,7 +67,11 @@ NOT_SEARCHABLE = frozenset({
     "hp_search", "hp_space", "hp_search_prune", "cv_folds", "cv_only", "lr_find", "lr_find_start", "lr_find_end",
     "lr_find_steps", "local_rank", "push_to_hub", "push_min_metric",
 })
-PRUNE_FROM_TRIAL = 2  # trials that finish before the median rule prunes (Optuna's n_startup_trials)
+# The median rule prunes from the fourth trial on, and only in the second half of a trial's training: early
+# evaluations rank trials by their warm-up and schedule more than by where they end (on SST-2, pruning from the third
+# trial at the first quarter stopped every trial after the second, the best-ending ones included).
+PRUNE_FROM_TRIAL = 3  # trials that finish before the median rule prunes (Optuna's n_startup_trials)
+PRUNE_FROM_QUARTER = 2  # quarters of training before a trial can be pruned (Optuna's n_warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -309,7 +314,7 @@ def open_study(optuna, path: Path, space: dict[str, Param], metric: str, greater
     storage = JournalStorage(JournalFileBackend(str(path)))
     n = ft_args.hp_search
     sampler = optuna.samplers.TPESampler(seed=training_args.seed, n_startup_trials=min(10, max(3, n // 2)))
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNE_FROM_TRIAL, n_warmup_steps=1)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNE_FROM_TRIAL, n_warmup_steps=PRUNE_FROM_QUARTER)
               if ft_args.hp_search_prune else optuna.pruners.NopPruner())
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, sampler=sampler, pruner=pruner,
                                 direction="maximize" if greater else "minimize", load_if_exists=True)
@@ -344,16 +349,18 @@ def open_study(optuna, path: Path, space: dict[str, Param], metric: str, greater
 
 
 def start_values(space: dict[str, Param], training_args: TrainingArguments, ft_args) -> dict[str, Any]:
-    """The run's own values of the searched names that lie in the space (the head's rate: the body's when unset)."""
+    """The run's own values of the searched names that lie in the space (the head's rate: the body's when unset;
+    the epochs also below the space, where the step budget raises them to its floor)."""
     start = {}
     for param in space.values():
         owner = ft_args if hasattr(ft_args, param.name) else training_args
         current = getattr(owner, param.name)
         if param.name == "head_learning_rate" and current is None:
             current = training_args.learning_rate
-        if param.name == "num_train_epochs" and param.integer and current < param.low:
-            current = param.low  # below the budget's floor (default_space): the run trains that many
-        if param.contains(current):
+        # epochs below the space train as the budget's floor but evaluate at other points, which draws other random
+        # numbers (each evaluation's DataLoader takes a seed): the run's own value, not the floor, repeats the run
+        below_budget = param.name == "num_train_epochs" and param.integer and current < param.low
+        if param.contains(current) or below_budget:
             start[param.name] = int(current) if param.integer else current
     return start
 
@@ -380,7 +387,9 @@ def run_trial(trial, *, build, training_args, ft_args, train, space: dict[str, P
 
     from ftlib.cv import fold_args
 
-    values = {name: param.suggest(trial) for name, param in space.items()}
+    with warnings.catch_warnings():  # trial 0's epochs may lie below the budget's floor (start_values)
+        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+        values = {name: param.suggest(trial) for name, param in space.items()}
     args, trial_ft = apply_values(values, training_args, ft_args)
     trial_dir = folder / f"trial-{trial.number}"
     shutil.rmtree(trial_dir, ignore_errors=True)
