@@ -386,7 +386,9 @@ def worker(spec_path: str) -> None:
     from torch.distributed.tensor import DTensor
     from transformers import TrainerCallback
 
-    save_model, train = text_cls.save_model, text_cls.train
+    import ftlib.run
+
+    save_model, train = text_cls.save_model, ftlib.run.train  # the recipe trains through ftlib.run.fit
 
     def dump_trained(trainer) -> None:
         """The trainable weights of the live model (FSDP2: DTensor shards, gathered by full_tensor on every process)."""
@@ -428,7 +430,7 @@ def worker(spec_path: str) -> None:
         finally:
             trainer.args.output_dir = output_dir
 
-    text_cls.train, text_cls.save_model = train_maybe_killed, save_dump_and_merge
+    ftlib.run.train, text_cls.save_model = train_maybe_killed, save_dump_and_merge
     recipe_run("text_cls", spec["argv"])
 
 
@@ -599,12 +601,13 @@ def tiny_image_model(work: Path, size: int) -> Path:
 
 
 def image_speed(work: Path, plan: Plan) -> list[Row]:
-    import image_cls
 
     data = synthetic_images(work / "images", plan.image_rows, plan.image_size)
     model = plan.image_model or tiny_image_model(work, plan.image_size)
+    import ftlib.run
+
     captured = {}
-    train = image_cls.train
+    train = ftlib.run.train  # the recipe trains through ftlib.run.fit
 
     def keep_trainer(trainer, *args, **kwargs):
         captured["trainer"] = trainer
@@ -617,11 +620,11 @@ def image_speed(work: Path, plan: Plan) -> list[Row]:
             "--bf16", str(cuda()).lower()]
     if plan.image_model:  # ImageNet's 1000-class head gives way to one for the synthetic classes
         argv += ["--ignore_mismatched_sizes", "true"]
-    image_cls.train = keep_trainer
+    ftlib.run.train = keep_trainer
     try:
         meter = metered(plan.warm_steps, partial(recipe_run, "image_cls", argv))
     finally:
-        image_cls.train = train
+        ftlib.run.train = train
     trainer = captured["trainer"]
     loader = trainer.get_train_dataloader()  # the same workers, decoding and augmentation, without the model
     # the first batches arrive together (every worker starts at once): the rate is timed after them, within one epoch
