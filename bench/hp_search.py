@@ -9,7 +9,9 @@ test split, which no run sees before its final model is chosen: the search's val
 chose the model), the test figure is not. Both runs: batch 32, --seed, evaluation each epoch (the pruner needs it),
 no checkpoints. The search's wall time includes its final model.
 
-Measured: see the issue notes and README "Hyperparameter search" (command, seeds, figures).
+Measured 2026-11-30 (2-core CPU, seed 42, 8 trials; README "Hyperparameter search"): defaults validation 0.8796,
+test 0.8417, 83 s; --hp_search 8 validation 0.8819, test 0.8303, 1,390 s (with the test suite running beside it):
+on this data the search picked noise, not a better model.
 """
 
 from __future__ import annotations
