@@ -14,6 +14,7 @@ FSDP and DeepSpeed, ZeRO-3's 16-bit gathering) is in bench/gpu_check.py.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,7 +196,16 @@ def test_fsdp2_sharded_saves_match_one_process(core_bert_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(script), str(core_bert_dir), str(out), json.dumps(LORA)]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path.cwd())}
-    run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1])
+    for attempt in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env,
+                             cwd=Path(__file__).parents[1])
+        # On a loaded CI machine a gloo worker thread of torch's CPU FSDP2 sometimes aborts the process mid-run
+        # ("terminate called without an active exception", SIGABRT; twice in CI, never alone). That is torch's CPU
+        # simulation of sharding, not the save under test: run again, up to three times; any other failure fails.
+        if run.returncode == 0 or "terminate called without an active exception" not in run.stderr:
+            break
+        print(f"attempt {attempt + 1}: a gloo worker aborted (SIGABRT); running again")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     reports = [json.loads(path.read_text()) for path in sorted(out.glob("report.*.rank*.json"))]
     # every rank gathered once per save, and really held half of the word embeddings (64 rows) during it
