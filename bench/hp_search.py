@@ -22,16 +22,17 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np
+from cv import run_recipe  # bench/cv.py: the text recipe in-process, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
+sys.path.insert(0, str(ROOT / "bench"))
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 
 
@@ -59,20 +60,6 @@ def splits(folder: Path, rows: int) -> list[str]:
             "--test_file", str(write_csv(dev, folder / "test.csv")), "--text_column", "sentence"]
 
 
-def run(argv: list[str]) -> tuple[dict, float]:
-    import text_cls
-    from transformers import TrainingArguments
-
-    from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-    from ftlib.cli import parse_args
-
-    args = parse_args((ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments), argv,
-                      defaults=text_cls.RECIPE_DEFAULTS)
-    start = time.perf_counter()
-    metrics = text_cls.main(*args)
-    return metrics, time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
@@ -92,7 +79,7 @@ def main() -> None:
                       "--disable_tqdm", "true", "--report_to", "none"]
             for name, extra in (("defaults", []), (f"hp_search {args.trials}", ["--hp_search", str(args.trials)])):
                 out = tmp / f"{seed}-{name.replace(' ', '-')}"
-                metrics, wall = run([*common, "--output_dir", str(out), *extra])
+                metrics, wall = run_recipe([*common, "--output_dir", str(out), *extra])
                 row = {"seed": seed, "run": name, "wall_seconds": round(wall),
                        **{k: metrics[k] for k in ("eval_accuracy", "test_accuracy")}}
                 if extra:

@@ -32,6 +32,18 @@ def fixed_step_count(monkeypatch):
     monkeypatch.setitem(token_cls.RECIPE_DEFAULTS, "min_train_steps", 0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models gain
+    nothing from more, and on a busy machine spinning threads cost seconds."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 BERT (random weights) with the real MiniLM WordPiece tokenizer, saved offline."""

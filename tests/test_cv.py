@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import text_cls
 import token_cls
-import torch
 from PIL import Image
 from test_flags import write_csv  # the tests' shared csv writer
 from transformers import TrainingArguments
@@ -37,13 +36,7 @@ NEGATIVE = ["a dull and lifeless mess", "terrible acting and a stupid plot", "I 
             "boring, cold and tedious", "a chore from start to finish", "awful work by the whole cast"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine spinning threads cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -12,7 +12,6 @@ import optuna
 import pytest
 import text_cls
 import token_cls
-import torch
 from PIL import Image
 from test_cv import run_text, text_argv, text_rows
 from test_flags import write_csv
@@ -35,12 +34,7 @@ from ftlib.integrity import verify_manifest
 TEXT = (ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
 
 
 def parsed(*extra, defaults=None):

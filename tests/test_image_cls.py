@@ -34,13 +34,7 @@ COLOURS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 PARSE = (ModelArguments, ImageDataArguments, FineTuneArguments, TrainingArguments)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny models gain nothing from more, and on a busy machine spinning threads cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
 
 
 @pytest.fixture(scope="module")
