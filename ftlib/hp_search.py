@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments, set_seed
 
+from ftlib.hub import eval_key
 from ftlib.small_data import budget_epochs
 
 logger = logging.getLogger("ftlib")
@@ -133,10 +134,8 @@ def default_space(training_args: TrainingArguments, ft_args, num_rows: int | Non
     return space
 
 
-def _field_types(ft_args) -> dict[str, Any]:
-    types = {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
-    types.update({f.name: f.type for f in dataclasses.fields(ft_args)})
-    return types
+def _field_names(ft_args) -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainingArguments)} | {f.name for f in dataclasses.fields(ft_args)}
 
 
 def parse_param(name: str, spec: Any, current: Any) -> Param:
@@ -192,7 +191,7 @@ def search_space(training_args: TrainingArguments, ft_args, num_rows: int | None
                 raise ValueError(f"--hp_space is not a YAML / JSON mapping: {err}") from None
         if not isinstance(given, dict):
             raise ValueError(f"--hp_space must be a mapping of argument names to ranges, got {given!r}")
-        fields = _field_types(ft_args)
+        fields = _field_names(ft_args)
         for name, spec in given.items():
             if name not in fields or name in NOT_SEARCHABLE:
                 why = "not an argument of this recipe" if name not in fields else "not searchable"
@@ -248,7 +247,7 @@ def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft
                          "Search with `python recipes/...` (one device), then train the final model on many with "
                          "--config <output_dir>/config.yaml")
     space = search_space(training_args, ft_args, len(train))
-    metric = metric_key(training_args.metric_for_best_model or "loss")
+    metric = eval_key(training_args.metric_for_best_model or "loss")
     greater = training_args.greater_is_better if training_args.greater_is_better is not None else metric != "eval_loss"
     output_dir = Path(training_args.output_dir)
     folder = output_dir / SEARCH_DIR
@@ -297,10 +296,6 @@ def _import_optuna():
     except ImportError:
         raise ImportError("--hp_search needs Optuna: pip install 'ftlib[search]' (or pip install optuna)") from None
     return optuna
-
-
-def metric_key(metric: str) -> str:
-    return metric if metric.startswith("eval_") else f"eval_{metric}"
 
 
 def open_study(optuna, path: Path, space: dict[str, Param], metric: str, greater: bool, training_args, ft_args,

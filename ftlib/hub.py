@@ -111,11 +111,16 @@ def files_to_push(output_dir: str | Path) -> list[Path]:
     return chosen
 
 
+def eval_key(metric: str) -> str:
+    """The key of ``metric`` (``metric_for_best_model``, with or without ``eval_``) in Trainer's evaluation results."""
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
 def quality_gate(metrics: dict[str, float], metric: str, threshold: float | None, greater_is_better: bool) -> None:
     """Raise when the evaluation metric is worse than ``threshold`` (below it, or above it for a loss)."""
     if threshold is None:
         return
-    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    key = eval_key(metric)
     if key not in metrics:
         raise ValueError(f"--push_min_metric: no '{key}' among the evaluation results ({', '.join(sorted(metrics))})")
     value = metrics[key]

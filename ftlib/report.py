@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ftlib.hub import eval_key
 from ftlib.tracking import LR_PREFIX, STAGE_KEY
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def loss_curves(log_history: list[dict], beta: float = 0.9) -> dict[str, list]:
 
 def metric_curve(log_history: list[dict], metric: str) -> dict[str, Any]:
     """The evaluation metric ``metric`` (with or without ``eval_``) at each evaluation."""
-    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    key = eval_key(metric)
     steps, values = _series(log_history, key)
     return {"name": key, "steps": steps, "values": values}
 

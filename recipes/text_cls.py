@@ -148,7 +148,8 @@ def build_trainer(
     extra_metrics,
 ) -> FtTrainer:
     """A fresh model with the run's strategy (LoRA, freezing; learning-rate groups and gradual unfreezing are built
-    by the trainer) and its trainer on ``train``: the final model's, or a cross-validation fold's (ftlib.cv)."""
+    by the trainer) and its trainer on ``train``: the final model's, a search trial's (ftlib.hp_search) or a
+    cross-validation fold's (ftlib.cv)."""
     model = load_model(AutoModelForSequenceClassification, model_args, config, checkpoint)
     model, anatomy = prepare_model(model, ft_args, task_type="SEQ_CLS")
     class_weights = class_weights_from_labels(

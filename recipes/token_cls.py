@@ -191,7 +191,7 @@ def build_trainer(
     labels: LabelInfo,
 ) -> FtTrainer:
     """A fresh model with the run's strategy (LoRA, freezing; learning-rate groups and gradual unfreezing are built
-    by the trainer) and its trainer on the windows ``train``: the final model's, or a cross-validation fold's."""
+    by the trainer) and its trainer on the windows ``train``: the final model's, a search trial's or a fold's."""
     model = load_model(AutoModelForTokenClassification, model_args, config, checkpoint)
     model, anatomy = prepare_model(model, ft_args, task_type="TOKEN_CLS")
     train_labels = train["labels"]
