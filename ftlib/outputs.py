@@ -26,6 +26,17 @@ FINISHED_MARKERS = ("model.safetensors", "model.safetensors.index.json", "adapte
 # ".ftlib-*"), never in the manifest (integrity.IGNORED), removed when the run releases it.
 LOCK_FILE = ".ftlib-run.lock"
 _held: dict[str, tuple[int, int]] = {}  # lock file path -> (descriptor, pid) for the directories this process holds
+# directory -> its results when prepare_output_dir judged it: the lock (taken later, when training begins) refuses a
+# directory whose results changed meanwhile, where another run finished or saved while this one was loading
+_judged: dict[str, frozenset[str]] = {}
+
+
+def _results(path: Path) -> frozenset[str]:
+    """What in ``path`` decides :func:`prepare_output_dir`'s verdict: model files, manifest, checkpoint folders."""
+    if not path.is_dir():
+        return frozenset()
+    names = {m for m in (*FINISHED_MARKERS, MANIFEST) if (path / m).exists()}
+    return frozenset(names | {c.name for c in path.glob("checkpoint-*") if c.is_dir()})
 
 
 def prepare_output_dir(
@@ -50,6 +61,7 @@ def prepare_output_dir(
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--output_dir {path} exists and is a file, not a directory")
+    _judged[str(path.absolute())] = _results(path)
     unfinished = False  # model files but no manifest: a final save that was cut short (see is_finished)
     if path.is_dir() and not overwrite:
         present = [m for m in FINISHED_MARKERS if (path / m).exists()]
@@ -154,7 +166,9 @@ def lock_output_dir(output_dir: str | os.PathLike) -> None:
     """Take ``output_dir`` for this run (the main process, after :func:`prepare_output_dir`): an exclusive
     ``flock`` on :data:`LOCK_FILE`, which records pid, host and start time. The kernel drops it when the
     process ends, however it ends; :func:`release_output_dir` (or the exit) removes the file. Raises naming
-    the holder when another run has it. Taking a directory this process already holds does nothing."""
+    the holder when another run has it, or when the directory's results changed since :func:`prepare_output_dir`
+    judged them (another run saved or finished there meanwhile: the verdict, such as "fresh" or "resume from
+    checkpoint-4", no longer holds). Taking a directory this process already holds does nothing."""
     path = Path(output_dir) / LOCK_FILE
     key = str(path.absolute())
     if key in _held:
@@ -176,6 +190,17 @@ def lock_output_dir(output_dir: str | os.PathLike) -> None:
         os.close(fd)
     else:
         raise _in_use(output_dir, "another run keeps replacing its lock")
+    judged = _judged.pop(str(Path(output_dir).absolute()), None)
+    now = _results(Path(output_dir))
+    if judged is not None and now != judged:
+        os.unlink(path)  # while locked, as release_output_dir does: we wrote nothing else
+        os.close(fd)
+        changes = [f"{name} appeared" for name in sorted(now - judged)] + [f"{name} went" for name in sorted(judged - now)]
+        raise ValueError(
+            f"--output_dir {output_dir} changed while this run was starting ({', '.join(changes)}): another run "
+            "wrote there. Nothing was written; run again to decide anew (it resumes or refuses a finished model), "
+            "or choose another --output_dir"
+        )
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().astimezone().isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)

@@ -4,7 +4,8 @@
 - ``metric.png``: the headline metric at each evaluation; ``grad_norm.png``: the gradient norm
 - ``learning_rates.png``: every optimizer group's learning rate (log scale; logged by
   :mod:`ftlib.tracking`), dashed where gradual unfreezing (or the head warm-up) switched a stage on
-- ``confusion_matrix.png`` (single-label text and image) or ``entity_scores.png`` (tokens: per entity type)
+- ``confusion_matrix.png`` and ``class_scores.png`` (single-label text and image: counts, and precision / recall /
+  F1 per class) or ``entity_scores.png`` (tokens: the same per entity type)
 - ``top_losses.md`` (text, tokens) or ``top_losses.png`` (images): the validation examples the model gets most wrong
 - ``calibration.png``: reliability diagram and expected calibration error (classification)
 - ``predictions.npz``: the validation predictions the last four are drawn from
@@ -140,6 +141,17 @@ def confusion_data(pred_ids, label_ids, label_names: Sequence[str]) -> dict[str,
     from ftlib.metrics import confusion
 
     return {"labels": list(label_names), "matrix": confusion(pred_ids, label_ids, len(label_names))}
+
+
+def class_scores(pred_ids, label_ids, label_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{class: {"precision", "recall", "f1", "support"}}`` (scikit-learn, as the run's per-class metrics): the
+    per-class figures the model card leaves to the report."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        label_ids, pred_ids, labels=list(range(len(label_names))), zero_division=0)
+    return {str(name): {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                        "support": float(support[i])} for i, name in enumerate(label_names)}
 
 
 def calibration_data(confidence, outcome, bins: int = 10) -> dict[str, Any]:
@@ -437,7 +449,7 @@ def _prediction_figures(root: Path, predictions: dict[str, np.ndarray], images: 
         gold, pred = sentence_tags(predictions)
         scores = entity_scores(gold, pred, str(predictions["scheme"]))
         if scores:
-            written.append(plots.plot_entity_scores(scores, root / "entity_scores.png"))
+            written.append(plots.plot_class_scores(scores, root / "entity_scores.png", "Per entity type (validation)"))
         correct = (predictions["word_pred"] == predictions["word_gold"]).astype(float)
         written.append(plots.plot_calibration(calibration_data(predictions["word_prob"], correct),
                                               root / "calibration.png"))
@@ -446,6 +458,8 @@ def _prediction_figures(root: Path, predictions: dict[str, np.ndarray], images: 
         if problem == "single_label_classification":
             written.append(plots.plot_confusion(confusion_data(outcome["pred"], predictions["labels"], names),
                                                 root / "confusion_matrix.png"))
+            written.append(plots.plot_class_scores(class_scores(outcome["pred"], predictions["labels"], names),
+                                                   root / "class_scores.png", "Per class (validation)"))
         if "confidence" in outcome:
             label = "fraction positive" if problem == "multi_label_classification" else "accuracy"
             written.append(plots.plot_calibration(calibration_data(outcome["confidence"], outcome["outcome"]),
@@ -517,7 +531,15 @@ class _LazyColumn:
 
 
 # -- ftlib-report ------------------------------------------------------------------------------------------------
-def _headline_metric(root: Path) -> str | None:
+# The recipes' default headline metrics (``set_best_metric``), in an order no task's evaluation keys confuse: token
+# runs log "f1" and "accuracy", multi-label "micro_f1", single-label "accuracy" and "macro_f1", regression "mse".
+DEFAULT_HEADLINES = ("f1", "micro_f1", "accuracy", "mse")
+
+
+def _headline_metric(root: Path, log_history: list[dict]) -> str | None:
+    """The run's ``metric_for_best_model``: recorded by a finished run (``ftlib_strategy.json``), given in its
+    ``config.yaml``, or else (a checkpoint of a run that left it to the recipe) the recipe's default among the
+    evaluation's keys."""
     for candidate in (root / "ftlib_strategy.json",):
         if candidate.is_file():
             metric = json.loads(candidate.read_text()).get("metric_for_best_model")
@@ -530,7 +552,8 @@ def _headline_metric(root: Path) -> str | None:
             metric = (yaml.safe_load(config.read_text()) or {}).get("metric_for_best_model")
             if metric:
                 return metric
-    return None
+    logged = {key for row in log_history for key in row}
+    return next((name for name in DEFAULT_HEADLINES if f"eval_{name}" in logged), None)
 
 
 def regenerate(directory: str | Path) -> list[Path]:
@@ -549,7 +572,8 @@ def regenerate(directory: str | Path) -> list[Path]:
     if predictions is None:
         logger.info("%s: no %s, so the report has the curves only (confusion, calibration and top losses come "
                     "from the validation predictions a finished run saves)", root, saved.relative_to(root))
-    return write_report(root, state.get("log_history", []), metric=_headline_metric(root), predictions=predictions,
+    logs = state.get("log_history", [])
+    return write_report(root, logs, metric=_headline_metric(root, logs), predictions=predictions,
                         schedule=unfreeze_schedule(state))
 
 

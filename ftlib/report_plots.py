@@ -92,7 +92,7 @@ def plot_confusion(data: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_entity_scores(scores: dict[str, dict[str, float]], path: Path) -> Path:
+def plot_class_scores(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
     types = list(scores)
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(types) + 2), 4))
     width = 0.27
@@ -101,7 +101,7 @@ def plot_entity_scores(scores: dict[str, dict[str, float]], path: Path) -> Path:
         ax.bar(xs, [scores[t][key] for t in types], width, label=key, color=color)
     ax.set_xticks(range(len(types)), [f"{t}\n(n={int(scores[t]['support'])})" for t in types], fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_title("Per entity type (validation)")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

@@ -249,7 +249,8 @@ def train(trainer, resume_from: str | None, config: str | None = None) -> dict[s
     args = trainer.args
     checkpoints = 0 if args.save_strategy == "no" else (args.save_total_limit or 2)  # no limit: at least 2
     check_free_space(args.output_dir, checkpoint_bytes(trainer.model, checkpoints))
-    trainer.add_callback(TakeOutputDir(config))
+    # first: the lock is taken (or refused) before any tracker writes its logs into the directory
+    trainer.callback_handler.callbacks.insert(0, TakeOutputDir(config))
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = dict(result.metrics)
     metrics["train_samples"] = len(trainer.train_dataset)

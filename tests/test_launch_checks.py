@@ -255,6 +255,56 @@ def test_lock_file_is_no_result(tmp_path):
     assert verify_manifest(out) == [] and verify_manifest(out, snapshot=True) == []
 
 
+def test_lock_refuses_a_directory_another_run_wrote_while_this_one_started(tmp_path):
+    """prepare_output_dir's verdict (fresh, resume, ...) holds only for what it saw: when another run saves or
+    finishes there before this one takes the lock, the lock is refused, naming what changed, and nothing is left."""
+    out = tmp_path / "out"
+    assert prepare_output_dir(out) is None  # fresh (it creates the directory)
+    (out / "checkpoint-2").mkdir()
+    (out / "model.safetensors").write_bytes(b"the other run's weights")
+    with pytest.raises(ValueError, match=re.escape(
+            f"--output_dir {out} changed while this run was starting (checkpoint-2 appeared, model.safetensors "
+            "appeared): another run wrote there. Nothing was written")):
+        lock_output_dir(out)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "model.safetensors"]  # no lock file left
+    check_not_in_use(out)
+
+    (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    assert prepare_output_dir(out, overwrite=True) is None  # judged again: unchanged since, so the lock is taken
+    lock_output_dir(out)
+    release_output_dir(out)
+    lock_output_dir(out)  # no verdict pending (nothing prepared since): taken as before
+    release_output_dir(out)
+
+
+@pytest.mark.slow
+def test_a_run_that_finished_meanwhile_stops_the_next_before_any_tracker_writes(tiny_bert_dir, data, tmp_path,
+                                                                               monkeypatch):
+    """Two runs started together on one directory: the first finishes while the second is still loading. The
+    second stops when training begins (where it takes the lock), before TensorBoard writes its logs there, and the
+    finished model stays byte-identical."""
+    from test_text_cls import run as run_text_cls
+
+    from ftlib import run as ftrun
+
+    out = tmp_path / "out"
+    argv = [str(a) for a in recipe_flags(command(tiny_bert_dir, data, out, 1))[1:]] + ["--report_to", "tensorboard"]
+    finished = {}
+
+    def the_other_run_finishes(output_dir, needed):  # called after the model is built, just before training
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"the first run's weights")
+        write_manifest(Path(output_dir), published=["model.safetensors"])
+        finished.update(snapshot(Path(output_dir)))
+
+    monkeypatch.setattr(ftrun, "check_free_space", the_other_run_finishes)
+    with pytest.raises(ValueError, match=r"changed while this run was starting \(MANIFEST.sha256.json appeared, "
+                                         r"model.safetensors appeared\): another run wrote there"):
+        run_text_cls(argv)
+    assert finished and snapshot(out) == finished  # no runs/, no config.yaml, no lock file
+    assert not list(out.rglob("events.out.tfevents*"))
+
+
 # --- real 2-process launches on CPU --------------------------------------------------------------------------
 
 

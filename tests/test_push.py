@@ -169,6 +169,12 @@ def test_failed_push_says_where_and_how_and_ftlib_push_uploads_the_same_files(ti
     assert (pushed["repo_id"], pushed["revision"], pushed["folder_path"]) == ("me/sentiment", "v1", str(out))
     assert {"model.safetensors", "config.json", "README.md", MANIFEST} <= set(pushed["allow_patterns"])
     assert "trainer_state.json" not in pushed["allow_patterns"] and "training_args.bin" not in pushed["allow_patterns"]
+    # the report's figures go with the card that links them; its predictions.npz (every validation text) stays
+    figures = {f"report/{p.name}" for p in (out / "report").glob("*.png")}
+    assert {"report/losses.png", "report/confusion_matrix.png"} <= figures <= set(pushed["allow_patterns"])
+    assert "report/predictions.npz" not in pushed["allow_patterns"] and (out / "report" / "predictions.npz").is_file()
+    card = (out / "README.md").read_text()
+    assert all(f"]({name})" in card for name in figures)  # every pushed figure is shown, by a link that resolves
 
 
 # -- ftlib-push on a finished directory ------------------------------------------------------------------------

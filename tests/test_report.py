@@ -78,6 +78,13 @@ def test_prediction_data_equals_the_predictions():
     assert outcome["loss"] == pytest.approx(-np.log([0.9, 0.2, 0.4, 0.7]), rel=1e-6)
     assert report.top_losses(outcome["loss"], 2) == [1, 2]
     assert report.confusion_data(outcome["pred"], labels, ["neg", "pos"])["matrix"] == [[1, 1], [1, 1]]
+    # preds [0, 1, 0, 1] against [0, 0, 1, 1]: each class half right; a 3-class check with an unseen class below
+    assert report.class_scores(outcome["pred"], labels, ["neg", "pos"])["pos"] == {
+        "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2.0}
+    three = report.class_scores([0, 0, 1, 0], [0, 1, 1, 0], ["a", "b", "c"])
+    assert three["a"]["precision"] == pytest.approx(2 / 3) and three["b"] == {
+        "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2.0}
+    assert three["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0.0}
     cal = report.calibration_data(outcome["confidence"], outcome["outcome"], bins=2)
     # bin (0.5, 1]: all four, confidence mean 0.75, accuracy 0.5 -> ECE 0.25
     assert cal["count"] == [0, 4] and cal["confidence"][1] == pytest.approx(0.75) and cal["ece"] == pytest.approx(0.25)
@@ -122,7 +129,7 @@ def test_image_top_losses_grid(tmp_path):
              "probs": np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.5, 0.25, 0.25]], dtype=np.float32),
              "label_names": np.array(["a", "b", "c"]), "examples": np.array(paths)}
     names = sorted(p.name for p in report.write_report(tmp_path / "out", [], predictions=preds))
-    assert names == ["calibration.png", "confusion_matrix.png", "losses.png", "top_losses.png"]
+    assert names == ["calibration.png", "class_scores.png", "confusion_matrix.png", "losses.png", "top_losses.png"]
     for name in names:
         assert_png(tmp_path / "out" / "report" / name)
 
@@ -139,7 +146,7 @@ def test_text_run_writes_report_card_and_tensorboard_scalars(tiny_bert_dir, tmp_
     train = write_csv(tmp_path / "train.csv", sentiment_rows(2))
     out = tmp_path / "out"
     run(base_argv(tiny_bert_dir, train, out, "--max_steps", "6", "--logging_steps", "1", "--eval_strategy", "steps",
-                  "--eval_steps", "3", "--gradual_unfreeze", "2", "--gradual_unfreeze_unit", "step",
+                  "--eval_steps", "3", "--save_strategy", "steps", "--save_steps", "3", "--gradual_unfreeze", "2", "--gradual_unfreeze_unit", "step",
                   "--report_to", "tensorboard", "--layer_decay", "0.5"))
     state = json.loads((out / "trainer_state.json").read_text())
     logs = [row for row in state["log_history"] if "loss" in row]
@@ -153,7 +160,7 @@ def test_text_run_writes_report_card_and_tensorboard_scalars(tiny_bert_dir, tmp_
 
     files = {p.name for p in (out / "report").iterdir()}
     expected = {"losses.png", "metric.png", "grad_norm.png", "learning_rates.png", "confusion_matrix.png",
-                "calibration.png"}
+                "class_scores.png", "calibration.png"}
     assert expected <= files and {"top_losses.md", "predictions.npz"} <= files
     for name in expected:
         assert_png(out / "report" / name)
@@ -163,11 +170,16 @@ def test_text_run_writes_report_card_and_tensorboard_scalars(tiny_bert_dir, tmp_
     results = json.loads((out / "all_results.json").read_text())
     accuracy = float((saved["probs"].argmax(1) == saved["labels"]).mean())
     assert accuracy == pytest.approx(results["eval_accuracy"])  # the report's predictions are the final evaluation's
+    per_class = report.class_scores(saved["probs"].argmax(1), saved["labels"], list(saved["label_names"]))
+    for name, scores in per_class.items():  # the figure the card leaves out holds the run's own per-class metrics
+        assert scores["f1"] == pytest.approx(results[f"eval_f1_{name}"])
+        assert scores["recall"] == pytest.approx(results[f"eval_recall_{name}"])
 
     card = (out / "README.md").read_text()
     head, body = card.split("# ", 1)[0], card
     assert "model-index:" in head and "base_model" not in head  # a local checkpoint is not a Hub id
     assert "](report/learning_rates.png)" in body and "](report/top_losses.md)" in body
+    assert "](report/class_scores.png)" in body
     assert "eval_f1_pos" not in body and "eval_accuracy" in body and "https://" not in body
 
     # TensorBoard received every group's rate and the stage as scalars
@@ -184,6 +196,13 @@ def test_text_run_writes_report_card_and_tensorboard_scalars(tiny_bert_dir, tmp_
         (out / "report" / path).unlink()
     assert report.main([str(out)]) == 0
     assert expected <= {p.name for p in (out / "report").iterdir()}
+    checkpoint = out / "checkpoint-3"  # a run still training: its checkpoint has the curves so far, no predictions
+    assert (checkpoint / "trainer_state.json").is_file() and not (checkpoint / "report").exists()
+    assert report.main([str(checkpoint)]) == 0
+    curves = {p.name for p in (checkpoint / "report").iterdir()}
+    assert curves == {"losses.png", "metric.png", "grad_norm.png", "learning_rates.png"}, curves
+    for name in curves:
+        assert_png(checkpoint / "report" / name)
     assert not math.isnan(report.calibration_data(saved["probs"].max(1), saved["probs"].argmax(1) == saved["labels"])["ece"])
 
 
@@ -219,10 +238,37 @@ def test_image_run_report_has_confusion_and_thumbnail_grid(tiny_vit_dir, tmp_pat
     out = tmp_path / "out"
     img.run(img.base_argv(tiny_vit_dir, out, "--image_folder", data, "--max_steps", "2", "--logging_steps", "1",
                           "--dataloader_num_workers", "0"))
-    for name in ("losses.png", "confusion_matrix.png", "calibration.png", "top_losses.png"):
+    for name in ("losses.png", "confusion_matrix.png", "class_scores.png", "calibration.png", "top_losses.png"):
         assert_png(out / "report" / name)
     saved = report.load_predictions(out / "report" / "predictions.npz")
     matrix = json.loads((out / "confusion_matrix.json").read_text())["matrix"]
     outcome = report.example_outcomes(saved)
     assert report.confusion_data(outcome["pred"], saved["labels"], list(saved["label_names"]))["matrix"] == matrix
     assert "](report/top_losses.png)" in (out / "README.md").read_text()
+
+
+def test_model_card_metadata_names_hub_ids_only(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from ftlib import hub
+
+    local = tmp_path / "my-checkpoint"
+    local.mkdir()
+    assert hub.hub_id("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub.hub_id("bert-base-uncased") == "bert-base-uncased"
+    assert hub.hub_id(str(local)) is None and hub.hub_id("./data/train.csv") is None and hub.hub_id("a/b/c") is None
+    metrics = {"eval_accuracy": 0.9, "eval_f1_pos": 0.8, "eval_loss": 0.3, "test_accuracy": 0.85}
+    for base, expected in (("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+                           (str(local), None)):
+        out = tmp_path / f"out-{expected is None}"
+        out.mkdir()
+        path = hub.write_model_card(out, base_model=base, task="text-classification", dataset="stanfordnlp/sst2",
+                                    metrics=metrics, strategy={"learning_rate": 1e-4},
+                                    report=["report/losses.png", "report/class_scores.png"])
+        card = ModelCard.load(path)
+        assert card.data.base_model == expected and card.data.datasets == ["stanfordnlp/sst2"]
+        [index] = card.data.to_dict()["model-index"]
+        values = {m["name"]: m["value"] for r in index["results"] for m in r["metrics"]}
+        assert values == {"eval_accuracy": 0.9, "test_accuracy": 0.85}  # headline only, no loss, no per-class
+        assert "eval_f1_pos" not in card.text and "](report/class_scores.png)" in card.text
+        assert ("https://" in card.text) is False
