@@ -19,13 +19,20 @@ offline. What it runs, each row of the table:
    tickets. The adapter the recipe saves, reloaded, equals the trained weights (taken from the live model when
    training ends); the merged model saved through ftlib.run.save_model (the gathered state dict) equals the base
    with the reloaded adapter merged in by peft; a run killed after a checkpoint and rerun resumes to the same
-   final adapter, with the same learning rate in every parameter group at every step after the resume.
+   final adapter, with the same learning rate in every parameter group at every step after the resume. The same
+   run again with ``--fsdp_state_dict_type FULL_STATE_DICT`` (the config's other state-dict type): its adapter,
+   reloaded, equals its trained weights.
+   ZeRO-3 (accelerate_configs/deepspeed_zero3.yaml, --num_processes 1; needs ``pip install deepspeed``, else a
+   "skipped: needs deepspeed" row): MiniLM fully fine-tuned with layer decay; the model.safetensors the recipe saves
+   (ftlib.run.save_model: Accelerate gathers the 16-bit weights) equals the trained weights, gathered from their
+   partitions when training ends, within bf16 rounding.
 3. image speed: recipes/image_cls.py on EfficientNet-Lite0 at 224 px, bf16, synthetic JPEGs decoded and augmented
    in DataLoader workers: images/s in training, and images/s of the input pipeline alone (the same DataLoader,
    no model). Aim: the pipeline delivers >= 1.1x what training consumes (it keeps up).
-4. bf16 vs fp32: the text recipe's defaults on MiniLM (SST-2, 2,000 training rows and the 872 dev rows when
-   ../shared/data/sst2 is there, else the support tickets), once in bf16 and once in fp32: final eval accuracy within
-   0.5 point (or one example, where one example weighs more: 1.25 points on the tickets' 80 validation rows).
+4. bf16 vs fp32: the text recipe's defaults on MiniLM (SST-2, 2,000 training rows and the 872 dev rows, from --sst2 DIR
+   or the first of ../shared/data/sst2 and shared/data/sst2 that exists; else the support tickets, and the row says
+   so), once in bf16 and once in fp32: final eval accuracy within 0.5 point (or one example, where one example weighs
+   more: 1.25 points on the tickets' 80 validation rows).
 
 Not measured yet: no GPU has run this in this project's sessions so far (the CPU smoke mode has), so neither its
 figures nor its wall time on a GPU are known.
@@ -55,7 +62,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 TICKETS = ROOT / "recipes" / "data" / "support_tickets"
-SST2 = ROOT.parent / "shared" / "data" / "sst2"
+SST2_FOLDERS = (ROOT.parent / "shared" / "data" / "sst2", ROOT / "shared" / "data" / "sst2")  # beside, or carried in
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOPS from NVIDIA's data sheets, by a piece of the device name
 # (first match wins: the more specific names come first). Another GPU: --peak-tflops.
@@ -68,7 +75,8 @@ RESUME_TOLERANCE = 1e-2  # ||resumed - uninterrupted|| / ||uninterrupted - initi
 # kernels need not be bitwise deterministic; an optimizer state that did not come back moves it by ~1)
 
 SKIP = "skipped: needs CUDA"
-STATUSES = ("pass", "FAIL", "aim met", "below aim", SKIP, "info")
+SKIP_DEEPSPEED = "skipped: needs deepspeed"
+STATUSES = ("pass", "FAIL", "aim met", "below aim", SKIP, SKIP_DEEPSPEED, "info")
 
 
 @dataclasses.dataclass
@@ -381,7 +389,10 @@ def worker(spec_path: str) -> None:
     taken from the live model before the final save, a merged save through ftlib.run.save_model beside the recipe's
     adapter, and optionally a SIGKILL once checkpoint ``kill_after`` is complete."""
     spec = json.loads(Path(spec_path).read_text())
+    import contextlib
+
     import text_cls
+    import torch
     from safetensors.torch import save_file
     from torch.distributed.tensor import DTensor
     from transformers import TrainerCallback
@@ -391,12 +402,20 @@ def worker(spec_path: str) -> None:
     save_model, train = text_cls.save_model, ftlib.run.train  # the recipe trains through ftlib.run.fit
 
     def dump_trained(trainer) -> None:
-        """The trainable weights of the live model (FSDP2: DTensor shards, gathered by full_tensor on every process)."""
+        """The trainable weights of the live model (FSDP2: DTensor shards, gathered by full_tensor on every process;
+        ZeRO-3: partitions, gathered by deepspeed's GatheredParameters on every process)."""
         trained = {}
-        for name, param in trainer.model.named_parameters():
-            if param.requires_grad:
+        model = trainer.model_wrapped if spec.get("zero3") else trainer.model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        gathered = contextlib.nullcontext()
+        if spec.get("zero3"):
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None)
+        with gathered:
+            for name, param in named:
                 full = param.full_tensor() if isinstance(param, DTensor) else param
-                trained[name] = full.detach().to("cpu", copy=True).contiguous()
+                trained[name.removeprefix("module.")] = full.detach().to("cpu", torch.float32, copy=True).contiguous()
         if trainer.is_world_process_zero():
             save_file(trained, spec["trained"])
             Path(spec["trained"]).with_suffix(".json").write_text(json.dumps(
@@ -422,7 +441,9 @@ def worker(spec_path: str) -> None:
 
     def save_dump_and_merge(trainer, ft_args):
         dump_trained(trainer)
-        save_model(trainer, ft_args)  # the recipe's own save (the adapter)
+        save_model(trainer, ft_args)  # the recipe's own save (the adapter; the model without --lora)
+        if not spec.get("merged_dir"):
+            return
         output_dir = trainer.args.output_dir
         trainer.args.output_dir = spec["merged_dir"]
         try:  # the merged model, through the same function, from the same trained model
@@ -434,7 +455,10 @@ def worker(spec_path: str) -> None:
     recipe_run("text_cls", spec["argv"])
 
 
-def launch_worker(spec: dict, work: Path, name: str, plan: Plan) -> subprocess.CompletedProcess:
+def launch_worker(spec: dict, work: Path, name: str, plan: Plan, config: str = "fsdp.yaml",
+                  launcher_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """The worker in one process: under ``accelerate launch --config_file accelerate_configs/<config>`` (plus
+    ``launcher_flags``) on a GPU, plain python in --cpu-smoke."""
     path = work / f"{name}.json"
     path.write_text(json.dumps(spec))
     script = [str(Path(__file__).resolve()), "--worker", str(path)]
@@ -442,8 +466,8 @@ def launch_worker(spec: dict, work: Path, name: str, plan: Plan) -> subprocess.C
         command = [sys.executable, *script]
     else:
         accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-        command = [accelerate, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"),
-                   "--num_processes", "1", "--main_process_port", str(free_port()), *script]
+        command = [accelerate, "launch", "--config_file", str(ROOT / "accelerate_configs" / config),
+                   "--num_processes", "1", "--main_process_port", str(free_port()), *launcher_flags, *script]
     with (work / f"{name}.log").open("w") as log:
         return subprocess.run(command, check=False, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
                               timeout=600)
@@ -467,6 +491,52 @@ def reload_adapter(out: Path):
     return PeftModel.from_pretrained(model, out)
 
 
+def adapter_row(check: str, setting: str, trained: dict, out: Path) -> Row:
+    """The adapter a run saved in ``out``, reloaded, against the trained weights it dumped: equal, tensor by tensor."""
+    import torch
+
+    reloaded = reload_adapter(out).state_dict()
+    missing = [n for n in trained if n not in reloaded]
+    worst = max((float((reloaded[n] - t).abs().max()) for n, t in trained.items() if n in reloaded), default=float("nan"))
+    ok = not missing and all(torch.equal(reloaded[n], t) for n, t in trained.items())
+    return Row(check, setting, f"{len(trained)} trained tensors, {len(missing)} missing, max abs diff {worst:.3g}",
+               "pass" if ok else "FAIL")
+
+
+def zero3_check(work: Path, plan: Plan) -> list[Row]:
+    """ZeRO-3, one process: the model the recipe saves (16-bit weights gathered by Accelerate) = the trained weights."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    check = "ZeRO-3 save (gathered) = trained"
+    setting = "deepspeed_zero3.yaml, one process; MiniLM, full fine-tuning, layer decay 0.8, 8 steps, bf16"
+    if plan.smoke or not cuda():
+        return [Row(check, setting, "not run", SKIP)]
+    if importlib.util.find_spec("deepspeed") is None:
+        return [Row(check, setting, "not run: pip install deepspeed", SKIP_DEEPSPEED)]
+    out = work / "zero3"
+    argv = ["--model_name_or_path", plan_text_model(work, plan), "--train_file", TICKETS / "train.csv",
+            "--validation_file", TICKETS / "validation.csv", "--layer_decay", 0.8, "--max_steps", 8,
+            "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", 1, "--per_device_train_batch_size", 16,
+            "--report_to", "none", "--disable_tqdm", "true", "--seed", 3, "--output_dir", out]
+    spec = {"argv": [str(a) for a in argv], "trained": str(work / "zero3-trained.safetensors"), "merged_dir": None,
+            "kill_after": None, "zero3": True}
+    proc = launch_worker(spec, work, "zero3", plan, config="deepspeed_zero3.yaml")
+    if proc.returncode != 0 or not (out / "model.safetensors").is_file():
+        return [Row(check, setting, f"the run did not finish: see {work / 'zero3.log'}", "FAIL")]
+    trained, saved = load_file(spec["trained"]), load_file(str(out / "model.safetensors"))
+    missing = [n for n in trained if n not in saved]
+    # bf16 keeps 8 significant bits: a saved 16-bit weight is within 2**-8 of the fp32 one, relative
+    worst = max((float(((saved[n].float() - t).abs() / t.abs().clamp_min(1e-6)).max()) for n, t in trained.items()
+                 if n in saved and saved[n].shape == t.shape), default=float("inf"))
+    shapes = [n for n, t in trained.items() if n in saved and saved[n].shape != t.shape]
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in saved.values()})
+    ok = not missing and not shapes and worst <= 2 ** -8
+    return [Row(check, setting, f"{len(trained)} trained tensors, {len(missing)} missing, {len(shapes)} of another "
+                f"shape, saved as {'/'.join(dtypes)}, max relative diff {worst:.3g}", "pass" if ok else "FAIL")]
+
+
 def lr_by_step(out: Path) -> dict[int, dict[str, float]]:
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     return {e["step"]: {k: v for k, v in e.items() if k.startswith("lr/")} for e in history if "loss" in e}
@@ -487,12 +557,13 @@ def fsdp_checks(work: Path, plan: Plan) -> list[Row]:
     if plan.smoke:
         base_argv += ["--use_cpu", "true", "--dataloader_pin_memory", "false"]
     runs = {}
-    for name in ("whole", "killed", "resumed"):
-        out = work / ("fsdp-whole" if name == "whole" else "fsdp-resumed")
+    for name in ("whole", "killed", "resumed", "full"):
+        out = work / {"whole": "fsdp-whole", "full": "fsdp-full"}.get(name, "fsdp-resumed")
         spec = {"argv": [str(a) for a in base_argv + ["--output_dir", out]],
                 "trained": str(work / f"fsdp-{name}-trained.safetensors"), "merged_dir": str(work / f"fsdp-{name}-merged"),
                 "kill_after": plan.fsdp_save_every if name == "killed" else None}
-        runs[name] = (launch_worker(spec, work, f"fsdp-{name}", plan), out, spec)
+        flags = ("--fsdp_state_dict_type", "FULL_STATE_DICT") if name == "full" else ()
+        runs[name] = (launch_worker(spec, work, f"fsdp-{name}", plan, launcher_flags=flags), out, spec)
     rows = []
     if plan.smoke:
         rows.append(Row("FSDP engine", "accelerate_configs/fsdp.yaml, --num_processes 1", "not run", SKIP))
@@ -506,15 +577,12 @@ def fsdp_checks(work: Path, plan: Plan) -> list[Row]:
     if not plan.smoke and not (meta["engine"].endswith("FSDP") and meta["sharded"]):
         rows.append(Row("FSDP engine", setting, f"ran as {meta['engine']}, parameters sharded: {meta['sharded']}", "FAIL"))
 
-    # the adapter as saved, reloaded: the trained weights
+    # the adapter as saved, reloaded: the trained weights (both state-dict types)
     trained = load_file(whole_spec["trained"])
-    reloaded = reload_adapter(whole_out).state_dict()
-    missing = [n for n in trained if n not in reloaded]
-    worst = max((float((reloaded[n] - t).abs().max()) for n, t in trained.items() if n in reloaded), default=float("nan"))
-    ok = not missing and all(torch.equal(reloaded[n], t) for n, t in trained.items())
-    rows.append(Row("LoRA adapter saved, reloaded = trained", setting,
-                    f"{len(trained)} trained tensors, {len(missing)} missing, max abs diff {worst:.3g}",
-                    "pass" if ok else "FAIL"))
+    rows.append(adapter_row("LoRA adapter saved, reloaded = trained", setting, trained, whole_out))
+    full_setting = setting.replace("fsdp.yaml)", "fsdp.yaml + --fsdp_state_dict_type FULL_STATE_DICT)")
+    rows.append(adapter_row("LoRA adapter saved (FULL_STATE_DICT), reloaded = trained", full_setting,
+                            load_file(runs["full"][2]["trained"]), runs["full"][1]))
 
     # the merged save (through the gathered state dict) = the reloaded adapter merged by peft
     merged = load_file(str(Path(whole_spec["merged_dir"]) / "model.safetensors"))
@@ -658,9 +726,12 @@ def read_rows(path: Path, **kwargs) -> list[dict]:
         return list(csv.DictReader(handle, **kwargs))
 
 
-def bf16_vs_fp32(work: Path, plan: Plan) -> list[Row]:
-    if not plan.smoke and (SST2 / "train.tsv").is_file():
-        rows = read_rows(SST2 / "train.tsv", delimiter="\t", quoting=csv.QUOTE_NONE)
+def bf16_vs_fp32(work: Path, plan: Plan, sst2: Path | None = None) -> list[Row]:
+    folder = sst2 or next((f for f in SST2_FOLDERS if (f / "train.tsv").is_file()), SST2_FOLDERS[0])
+    if sst2 is not None and not (sst2 / "train.tsv").is_file():
+        raise FileNotFoundError(f"--sst2 {sst2}: no train.tsv there (SST-2 as in ../shared/data/sst2)")
+    if not plan.smoke and (folder / "train.tsv").is_file():
+        rows = read_rows(folder / "train.tsv", delimiter="\t", quoting=csv.QUOTE_NONE)
         import random
 
         random.Random(42).shuffle(rows)
@@ -670,7 +741,7 @@ def bf16_vs_fp32(work: Path, plan: Plan) -> list[Row]:
             writer.writerow(["text", "label"])
             writer.writerows([r["sentence"], r["label"]] for r in rows[:2000])
         val = work / "sst2-dev.csv"
-        dev = read_rows(SST2 / "dev.tsv", delimiter="\t", quoting=csv.QUOTE_NONE)
+        dev = read_rows(folder / "dev.tsv", delimiter="\t", quoting=csv.QUOTE_NONE)
         with val.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["text", "label"])
@@ -678,6 +749,8 @@ def bf16_vs_fp32(work: Path, plan: Plan) -> list[Row]:
         data = "SST-2 2,000 train / 872 dev"
     else:
         train, val, data = TICKETS / "train.csv", TICKETS / "validation.csv", "support tickets 324 train / 80 validation"
+        if not plan.smoke:
+            data += f" (no SST-2 in {' or '.join(map(str, SST2_FOLDERS))}: pass --sst2 DIR for the 0.5-point check)"
     model = plan_text_model(work, plan)
     accuracy = {}
     for precision in ("bf16", "fp32"):
@@ -734,7 +807,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="a missed aim fails the check too")
     parser.add_argument("--json", type=Path, help="write the rows here as JSON")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
-    parser.add_argument("--only", nargs="+", choices=["text", "fsdp", "image", "precision"], help="run only these")
+    parser.add_argument("--only", nargs="+", choices=["text", "fsdp", "zero3", "image", "precision"],
+                        help="run only these")
+    parser.add_argument("--sst2", type=Path, help="SST-2 folder (train.tsv, dev.tsv) for the bf16 vs fp32 check")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -754,7 +829,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     checks = {"text": ("text speed", text_speed, work, plan, peak, peak_note), "fsdp": ("FSDP", fsdp_checks, work, plan),
-              "image": ("image speed", image_speed, work, plan), "precision": ("bf16 vs fp32", bf16_vs_fp32, work, plan)}
+              "zero3": ("ZeRO-3", zero3_check, work, plan), "image": ("image speed", image_speed, work, plan),
+              "precision": ("bf16 vs fp32", bf16_vs_fp32, work, plan, args.sst2)}
     rows, times = [], {}
     for key, (name, function, *check_args) in checks.items():
         if args.only and key not in args.only:

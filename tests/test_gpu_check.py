@@ -38,6 +38,19 @@ def test_exit_status_and_peaks():
     assert check.peak_tflops_of("NVIDIA L4") == 121 and check.peak_tflops_of("Tesla T4") is None
 
 
+def test_zero3_without_deepspeed_and_a_missing_sst2_folder_are_said(tmp_path, monkeypatch):
+    import importlib.util as util
+
+    check = gpu_check()
+    monkeypatch.setattr(check, "cuda", lambda: True)  # as on a GPU machine
+    real_find_spec = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a))
+    [row] = check.zero3_check(tmp_path, check.GPU_PLAN)
+    assert (row.status, row.result) == (check.SKIP_DEEPSPEED, "not run: pip install deepspeed")
+    with pytest.raises(FileNotFoundError, match=f"--sst2 {tmp_path}: no train.tsv there"):
+        check.bf16_vs_fp32(tmp_path, check.GPU_PLAN, tmp_path)
+
+
 EXPECTED = {  # check -> status in --cpu-smoke
     "text speed, plain Trainer (eager)": "skipped: needs CUDA",
     "text speed, recipe (eager)": "skipped: needs CUDA",
@@ -45,8 +58,10 @@ EXPECTED = {  # check -> status in --cpu-smoke
     "text speed, recipe (--torch_compile)": "skipped: needs CUDA",
     "FSDP engine": "skipped: needs CUDA",
     "LoRA adapter saved, reloaded = trained": "pass",
+    "LoRA adapter saved (FULL_STATE_DICT), reloaded = trained": "pass",
     "LoRA merged save (gathered) = adapter merged": "pass",
     "killed after checkpoint-2, resumed = uninterrupted": "pass",
+    "ZeRO-3 save (gathered) = trained": "skipped: needs CUDA",
     "image speed, recipe": "info",
     "image input pipeline alone": "info",
     "bf16 vs fp32 eval accuracy (within 0.5)": "skipped: needs CUDA",
@@ -70,4 +85,4 @@ def test_cpu_smoke_runs_every_check(tmp_path):
     assert " groups' LRs equal at steps 3-6" in results["killed after checkpoint-2, resumed = uninterrupted"]
     assert "images/s" in results["image input pipeline alone"]
     assert "| check | setting | result | status |" in run.stdout
-    assert "ok: 0 failed, 0 below aim, 6 skipped" in run.stdout
+    assert "ok: 0 failed, 0 below aim, 7 skipped" in run.stdout
