@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Mapping
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -168,6 +170,21 @@ def check_strategy_args(training_args: TrainingArguments, ft_args: FineTuneArgum
         logger.warning("--push_min_metric is set but --push_to_hub is not: nothing will be pushed")
 
 
+@contextmanager
+def preserved_rng():
+    """Python's, numpy's and torch's generators (CPU and every CUDA device) are restored on exit."""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if state[3] is not None:
+            torch.cuda.set_rng_state_all(state[3])
+
+
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Trainer's length-grouped sampler, shuffled by a generator seeded with ``seed + epoch``.
 
@@ -314,15 +331,19 @@ class FtTrainer(Trainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
-        """During training with ``--weight_averaging``, evaluate the averaged weights (then put the raw ones back)."""
+        """Evaluation leaves the random number generators as it found them: the evaluation DataLoader draws its
+        base seed from torch's generator, which would shift every later dropout mask and shuffle, so that the
+        trained model depended on how often the run evaluates. During training with ``--weight_averaging``, the
+        averaged weights are evaluated (then the raw ones put back)."""
         averaging = self._averaging
-        if averaging is None or averaging.finished or not averaging.average:
-            return super().evaluate(*args, **kwargs)
-        averaging.swap()
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
+        with preserved_rng():
+            if averaging is None or averaging.finished or not averaging.average:
+                return super().evaluate(*args, **kwargs)
             averaging.swap()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                averaging.swap()
 
     def evaluation_loop(self, *args, **kwargs):
         output = super().evaluation_loop(*args, **kwargs)

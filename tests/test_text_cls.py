@@ -346,3 +346,20 @@ def test_default_training_budget_gives_small_sets_250_steps(tiny_bert_dir, tmp_p
     evaluations = [e["step"] for e in state["log_history"] if "eval_loss" in e]
     assert evaluations[:3] == [84, 168, 252]  # as often as the 3 epochs asked for would have evaluated
 
+
+
+@pytest.mark.slow
+def test_evaluating_during_training_does_not_change_the_trained_model(tiny_bert_dir, tmp_path):
+    """The evaluation DataLoader draws a seed from torch's generator; FtTrainer.evaluate puts the generators back,
+    so dropout masks and batch order (and so the model) are the same whether a run evaluates every 2 steps or never."""
+    import torch
+    from safetensors.torch import load_file
+
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(3))
+    weights = {}
+    for name, schedule in (("never", ["--eval_strategy", "no"]), ("every 2", ["--eval_strategy", "steps", "--eval_steps", "2"])):
+        out = tmp_path / name.replace(" ", "-")
+        run(base_argv(tiny_bert_dir, train, out, "--max_steps", "6", "--seed", "5", *schedule))
+        weights[name] = load_file(str(out / "model.safetensors"))
+    assert weights["never"].keys() == weights["every 2"].keys()
+    assert all(torch.equal(weights["never"][k], weights["every 2"][k]) for k in weights["never"])
