@@ -39,7 +39,7 @@ def test_exit_status_and_peaks():
 
 
 def test_zero3_without_deepspeed_and_a_missing_sst2_folder_are_said(tmp_path, monkeypatch):
-    import importlib.util as util
+    from importlib import util
 
     check = gpu_check()
     monkeypatch.setattr(check, "cuda", lambda: True)  # as on a GPU machine
