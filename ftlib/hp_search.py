@@ -352,8 +352,8 @@ def start_values(space: dict[str, Param], training_args: TrainingArguments, ft_a
         current = getattr(owner, param.name)
         if param.name == "head_learning_rate" and current is None:
             current = training_args.learning_rate
-        # epochs below the space train as the budget's floor but evaluate at other points, which draws other random
-        # numbers (each evaluation's DataLoader takes a seed): the run's own value, not the floor, repeats the run
+        # epochs below the space train as the budget's floor but evaluate and save at other points (the planned
+        # count): the run's own value, not the floor, repeats the run, its evaluations and best checkpoint included
         below_budget = param.name == "num_train_epochs" and param.integer and current < param.low
         if param.contains(current) or below_budget:
             start[param.name] = int(current) if param.integer else current

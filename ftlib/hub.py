@@ -334,7 +334,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 CARD_FIGURES = {
     "losses.png": "Loss", "metric.png": "Headline metric", "grad_norm.png": "Gradient norm",
     "learning_rates.png": "Learning rate per parameter group", "confusion_matrix.png": "Confusion matrix",
-    "class_scores.png": "Per class", "entity_scores.png": "Per entity type", "calibration.png": "Calibration", "top_losses.png": "Top losses",
+    "class_scores.png": "Per class", "entity_scores.png": "Per entity type", "calibration.png": "Calibration",
+    "top_losses.png": "Top losses",
 }
 
 

@@ -34,6 +34,7 @@ from ftlib.metrics import compute_metrics_fn, default_metric
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.report import EvalExamples
 from ftlib.run import (
+    ENCODER_STRATEGY,
     TRAINING_DEFAULTS,
     evaluate,
     fit,
@@ -51,18 +52,8 @@ from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
 RECIPE_DEFAULTS = {
     **TRAINING_DEFAULTS,
     "train_sampling_strategy": "group_by_length",  # batches of similar length pad less
-    # The default strategy, measured on SST-2 (bench/text_cls_sst2.py): frozen embeddings (half of a small
-    # encoder's weights: no gradient, no optimizer step), a fast fresh head, and blocks that learn less the
-    # lower they sit.
-    "freeze_embeddings": True,
-    "learning_rate": 1e-4,
-    "head_learning_rate": 1e-3,
-    "layer_decay": 0.9,
-    "warmup_steps": 0.1,
+    **ENCODER_STRATEGY,  # frozen embeddings, lr 1e-4, head 1e-3, layer decay 0.9, 10% warm-up, >= 250 steps
     "num_train_epochs": 3,
-    # Small data (bench/text_suite.py, README "Small data"): at least 250 optimizer steps, so a 100-row set is
-    # trained for ~36 epochs at batch 16 instead of 21 steps, which left the model predicting the majority class.
-    "min_train_steps": 250,
 }
 
 

@@ -60,23 +60,24 @@ from ftlib.data.token import (
 from ftlib.metrics import WordMetrics
 from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.report import EvalExamples, argmax_with_probs
-from ftlib.run import TRAINING_DEFAULTS, fit, predict, publish, save_model, set_best_metric, start_run
+from ftlib.run import (
+    ENCODER_STRATEGY,
+    TRAINING_DEFAULTS,
+    fit,
+    predict,
+    publish,
+    save_model,
+    set_best_metric,
+    start_run,
+)
 from ftlib.trainer import FtTrainer, class_weights_from_labels, labelled_tokens_per_batch, prepare_model
 
 # Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
 RECIPE_DEFAULTS = {
     **TRAINING_DEFAULTS,
     "train_sampling_strategy": "group_by_length",  # batches of similar length pad less
-    # The default strategy, chosen on bench/token_suite.py (CoNLL-2003 subsets of 100 and 1,000 sentences, MiniLM;
-    # README "Small data", "Tokens"): the text recipe's. Frozen embeddings, a fast fresh head, blocks that learn
-    # less the lower they sit, and at least 250 optimizer steps (100 sentences at batch 16 for 3 epochs are 21
-    # steps, after which the plain Trainer tags every word O).
-    "freeze_embeddings": True,
-    "learning_rate": 1e-4,
-    "head_learning_rate": 1e-3,
-    "layer_decay": 0.9,
-    "warmup_steps": 0.1,
-    "min_train_steps": 250,
+    # the text recipe's strategy, chosen again on CoNLL-2003 subsets of 100 and 1,000 sentences (bench/token_suite.py)
+    **ENCODER_STRATEGY,
 }
 
 
