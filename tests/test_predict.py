@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_image_cls import colour_image, image_folder
 from test_text_cls import NEGATIVE, POSITIVE, sentiment_rows, write_csv
-from test_token_cls import long_sentence, sentence, write_conll
+from test_token_cls import ONE_RATE, long_sentence, sentence, write_conll
 from transformers import TrainingArguments
 
 from ftlib import predict as fpredict
@@ -334,9 +334,7 @@ def token_run(tiny_bert_dir, tmp_path_factory) -> Path:
                      str(val), "--test_file", str(root / "test.conll"), "--output_dir", str(out),
                      "--max_seq_length", "24", "--stride", "6", "--per_device_train_batch_size", "8",
                      "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3", "--num_train_epochs", "6",
-                     # one rate, trainable embeddings: the tiny model's random weights must all learn in a few steps
-                     "--head_learning_rate", "3e-3", "--layer_decay", "1.0", "--warmup_steps", "0",
-                     "--freeze_embeddings", "false"])
+                     *ONE_RATE])
     return out
 
 
