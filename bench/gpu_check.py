@@ -23,7 +23,7 @@ offline. What it runs, each row of the table:
    run again with ``--fsdp_state_dict_type FULL_STATE_DICT`` (the config's other state-dict type): its adapter,
    reloaded, equals its trained weights.
    ZeRO-3 (accelerate_configs/deepspeed_zero3.yaml, --num_processes 1; needs ``pip install deepspeed``, else a
-   "skipped: needs deepspeed" row): MiniLM fully fine-tuned with layer decay; the model.safetensors the recipe saves
+   "skipped: needs deepspeed" row): MiniLM fine-tuned with layer decay (no LoRA); the model.safetensors the recipe saves
    (ftlib.run.save_model: Accelerate gathers the 16-bit weights) equals the trained weights, gathered from their
    partitions when training ends, within bf16 rounding.
 3. image speed: recipes/image_cls.py on EfficientNet-Lite0 at 224 px, bf16, synthetic JPEGs decoded and augmented
@@ -510,7 +510,7 @@ def zero3_check(work: Path, plan: Plan) -> list[Row]:
     from safetensors.torch import load_file
 
     check = "ZeRO-3 save (gathered) = trained"
-    setting = "deepspeed_zero3.yaml, one process; MiniLM, full fine-tuning, layer decay 0.8, 8 steps, bf16"
+    setting = "deepspeed_zero3.yaml, one process; MiniLM, no LoRA, layer decay 0.8, 8 steps, bf16"
     if plan.smoke or not cuda():
         return [Row(check, setting, "not run", SKIP)]
     if importlib.util.find_spec("deepspeed") is None:
