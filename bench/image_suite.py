@@ -25,7 +25,7 @@ Measured 2026-11-30 on a shared 2-core CPU machine (2-4 processes at once, one t
 250-step run at 224 px took 7-20 minutes there); on hymenoptera 20 / 50 and digits 20 also a linear probe
 (``--tag "head only" --recipe_args "--head_only true --head_learning_rate 1e-3"``: best on hymenoptera, worst of
 the fine-tuned runs on digits) and other variants. The tables and what each strategy was worth are in the README
-("Small data", "Images"). Not yet run: hymenoptera in full beyond seed 0, seeds 3-4.
+("Small data", "Images"). Not yet run: the defaults on all hymenoptera images beyond seed 0, seeds 3-4.
 """
 
 from __future__ import annotations
