@@ -16,7 +16,9 @@ processor resized to the suite's size, no augmentation, AdamW at one learning ra
 5e-4: the stronger of 5e-5 and 5e-4 in a pilot; 5e-5, the Trainer default, barely moves a new head in few
 steps), 3 epochs, the same batch size. ``recipe`` is ``recipes/image_cls.py`` with its defaults (plus
 ``--recipe_args``, stored under ``--tag``). The recipe gets the test images as its validation folder, only
-for its final evaluation report: with ``--eval_strategy no`` nothing is selected on it. Results are appended
+for its final evaluation report: with ``--eval_strategy no`` nothing is selected on it; with ``--carve_validation``
+the recipe gets no validation folder and holds out its own from the training subset, so that what it selects on
+validation (``--compare_head_only``) is chosen without the test images. Results are appended
 to a JSON-lines file (``--results``) and a run already stored is not repeated, as in ``bench/text_suite.py``,
 whose table this prints (mean, standard deviation and worst seed of the accuracy; mean wall time).
 
@@ -31,6 +33,7 @@ the fine-tuned runs on digits) and other variants. The tables and what each stra
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -48,6 +51,8 @@ sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from text_suite import append, key, report, stored
+
+from ftlib.small_data import COMPARISON_FILE
 
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 DATASETS = ["hymenoptera", "digits"]
@@ -157,7 +162,10 @@ def run_recipe(folder: Path, size: int, batch: int, seed: int, out: str, extra: 
                       defaults=image_cls.RECIPE_DEFAULTS)
     image_cls.main(*args)
     with (Path(out) / "test_predictions.csv").open(encoding="utf-8", newline="") as handle:
-        return {Path(row["id"]).parent.name + "/" + Path(row["id"]).name: row["prediction"] for row in csv.DictReader(handle)}
+        by_file = {Path(row["id"]).parent.name + "/" + Path(row["id"]).name: row["prediction"]
+                   for row in csv.DictReader(handle)}
+    comparison = Path(out) / COMPARISON_FILE  # --compare_head_only: which model the recipe kept, and why
+    return by_file, json.loads(comparison.read_text()) if comparison.is_file() else None
 
 
 def main() -> None:
@@ -170,6 +178,10 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["plain", "recipe"], choices=["plain", "recipe"])
     parser.add_argument("--recipe_args", default="", help="extra flags for the recipe runs (a strategy to try)")
     parser.add_argument("--tag", default=None, help="name the recipe runs are stored under (default: recipe)")
+    parser.add_argument("--carve_validation", action="store_true",
+                        help="give the recipe no validation folder: it holds out its own from the training subset "
+                             "(--validation_split_percentage), as for a user with training images only; needed to "
+                             "judge anything the recipe selects on validation (--compare_head_only)")
     parser.add_argument("--plain_lr", type=float, default=5e-4, help="the plain run's learning rate")
     parser.add_argument("--results", default=str(ROOT / "outputs" / "image_suite.jsonl"))
     parser.add_argument("--report", action="store_true", help="print the table of stored results and exit")
@@ -213,12 +225,21 @@ def main() -> None:
                                 predictions = run_plain(checkpoint, train, test, size, batch, args.plain_lr, seed,
                                                         f"{tmp}/out")
                             else:
-                                folder = link_folder(Path(tmp) / "data", {"train": train, "val": test, "test": test})
-                                by_file = run_recipe(folder, size, batch, seed, f"{tmp}/out", shlex.split(args.recipe_args))
+                                splits = {"train": train, "test": test} if args.carve_validation else \
+                                    {"train": train, "val": test, "test": test}
+                                folder = link_folder(Path(tmp) / "data", splits)
+                                by_file, comparison = run_recipe(folder, size, batch, seed, f"{tmp}/out",
+                                                                 shlex.split(args.recipe_args))
+                                if comparison:
+                                    row["kept"] = comparison["kept"]
+                                    row["validation"] = {kind: comparison[kind].get(comparison["metric"]) for kind
+                                                         in ("fine_tuned", "head_only")}
                                 predictions = [by_file[f"{label}/{Path(path).name}"] for path, label in test]
                             row["wall_s"] = round(time.perf_counter() - start, 1)
                         row["metric"] = float(np.mean([p == label for p, (_, label) in zip(predictions, test)]))
                         row["recipe_args"] = args.recipe_args if run == "recipe" else ""
+                        if run == "recipe" and args.carve_validation:
+                            row["carve_validation"] = True
                         append(results, row)
     report(stored(results), args.datasets, args.sizes, args.batch_sizes, **table)
 

@@ -198,6 +198,18 @@ class FineTuneArguments:
         metadata={"help": "Train the head alone for the first N optimizer steps (a fraction of training when < 1), "
                           "then the whole model: the fresh head stops sending noise into the pretrained blocks."},
     )
+    compare_head_only: str = field(
+        default="no",
+        metadata={"help": "Also train a linear probe (the head alone, at --probe_learning_rate, same steps) after the "
+                          "model and keep whichever of the two scores better on the validation split (its "
+                          "--metric_for_best_model; the loss breaks a tie): 'yes', 'small' (only where the step budget "
+                          "--min_train_steps lengthens training, i.e. small sets) or 'no'. Not with --head_only, --lora, "
+                          "--hp_search or --cv_folds ('small' then trains as asked).",
+                  "choices": ["no", "small", "yes"]},
+    )
+    probe_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Learning rate of the head in the linear probe of --compare_head_only."}
+    )
     batch_norm: str = field(
         default="train",
         metadata={"help": "Batch-norm layers in training: 'train' (batch statistics; the running ones follow with "
@@ -323,6 +335,14 @@ class FineTuneArguments:
         if self.head_warmup_steps and (self.gradual_unfreeze or self.head_only):
             other = "--gradual_unfreeze" if self.gradual_unfreeze else "--head_only"
             raise ValueError(f"choose --head_warmup_steps or {other}: both decide when the blocks start training")
+        if self.compare_head_only not in ("no", "small", "yes"):
+            raise ValueError(f"--compare_head_only must be no, small or yes, got {self.compare_head_only!r}")
+        if not self.probe_learning_rate > 0:
+            raise ValueError(f"--probe_learning_rate must be positive, got {self.probe_learning_rate}")
+        if self.compare_head_only == "yes" and self.probe_conflicts():
+            raise ValueError(f"--compare_head_only yes: not with {' / '.join(self.probe_conflicts())} (the comparison "
+                             "is between the run's fine-tuning and a linear probe)")
+        refuse_without(self, "--compare_head_only", self.compare_head_only != "no", ("probe_learning_rate",))
         if self.batch_norm_momentum is not None and not 0.0 <= self.batch_norm_momentum <= 1.0:
             raise ValueError(f"--batch_norm_momentum must be in [0, 1], got {self.batch_norm_momentum}")
         if not 0.0 < self.ema_decay < 1.0:
@@ -377,6 +397,10 @@ class FineTuneArguments:
         refuse_without(self, "--weight_averaging swa", self.weight_averaging == "swa", ("swa_start",))
         refuse_without(self, "--cv_folds", self.cv_folds > 0, ("cv_only", "group_column"))
         refuse_without(self, "--lr_find", self.lr_find, ("lr_find_start", "lr_find_end", "lr_find_steps"))
+
+    def probe_conflicts(self) -> list[str]:
+        """The flags given with which --compare_head_only has nothing to compare (or would change their meaning)."""
+        return [f"--{name}" for name in ("head_only", "lora", "hp_search", "cv_folds") if getattr(self, name)]
 
     @property
     def optimizer_kwargs(self) -> dict:

@@ -44,6 +44,7 @@ from ftlib.outputs import (
     release_output_dir,
 )
 from ftlib.report import EvalExamples, report_from_trainer
+from ftlib.small_data import COMPARISON_FILE, compare_head_only, comparison_card, wants_probe
 from ftlib.trainer import check_strategy_args
 
 logger = logging.getLogger("ftlib")
@@ -239,8 +240,9 @@ def fit(build, train_data, training_args: TrainingArguments, ft_args: FineTuneAr
     """A recipe's training once its data is ready, in order: the hyperparameter search (``--hp_search``, its best
     values set on the arguments, :mod:`ftlib.hp_search`), the cross-validation (``--cv_folds``: ``folds`` from
     :func:`ftlib.cv.plan_folds`, ``fold`` the recipe's fold function, ``ids`` one per training row), then the final
-    model: built by ``build(args, train_data)`` and trained (:func:`train`), or swept by the learning-rate range
-    test (``--lr_find``). Returns ``(trainer, metrics)``; the trainer is None when no final model trained
+    model: built by ``build(args, train_data)`` and trained (:func:`train`; with ``--compare_head_only``, then a
+    linear probe too, the better on validation kept: :func:`ftlib.small_data.compare_head_only`), or swept by the
+    learning-rate range test (``--lr_find``). Returns ``(trainer, metrics)``; the trainer is None when no final model trained
     (``--cv_only``, ``--lr_find``: the metrics are then the cross-validation's or the range test's)."""
     search_hyperparameters(build, training_args, ft_args, train_data, run)
     cv = {}
@@ -252,6 +254,12 @@ def fit(build, train_data, training_args: TrainingArguments, ft_args: FineTuneAr
     if ft_args.lr_find:  # the range test in place of training: prints the rate to use, keeps nothing it trained
         return None, run_lr_find(trainer, ft_args)
     metrics = train(trainer, run.resume_from, run.config)
+    if wants_probe(trainer, ft_args):  # --compare_head_only: a linear probe too; the better on validation is kept
+        trainer, probe_metrics = compare_head_only(trainer, build, train_data, ft_args)
+        if probe_metrics is not None:
+            metrics = record_train(trainer, probe_metrics)
+    elif trainer.is_world_process_zero():  # an earlier run's comparison would describe another model in the card
+        (Path(training_args.output_dir) / COMPARISON_FILE).unlink(missing_ok=True)
     metrics.update(cv)  # the cross-validation's means and standard deviations, when it ran
     return trainer, metrics
 
@@ -266,7 +274,11 @@ def train(trainer, resume_from: str | None, config: str | None = None) -> dict[s
     # first: the lock is taken (or refused) before any tracker writes its logs into the directory
     trainer.callback_handler.callbacks.insert(0, TakeOutputDir(config))
     result = trainer.train(resume_from_checkpoint=resume_from)
-    metrics = dict(result.metrics)
+    return record_train(trainer, dict(result.metrics))
+
+
+def record_train(trainer, metrics: dict[str, float]) -> dict[str, float]:
+    """Log and save a finished training's metrics and state in its output directory."""
     metrics["train_samples"] = len(trainer.train_dataset)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
@@ -352,7 +364,7 @@ def publish(
         label_names=label_names,
         repo_id=hub.repo_id,
         report=[p.relative_to(output_dir).as_posix() for p in figures],
-        sections=hp_search_card(output_dir),
+        sections=hp_search_card(output_dir) + comparison_card(output_dir),
     )
     (output_dir / "ftlib_strategy.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     write_manifest(output_dir, published=files_to_push(output_dir))

@@ -10,9 +10,12 @@ The head warm-up (head only for the first steps) is gradual unfreezing with two 
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -172,3 +175,98 @@ class WeightAveragingCallback(TrainerCallback):
             self.average = load_file(str(path))
             with safe_open(str(path), "pt") as handle:
                 self.count = int(handle.metadata()["count"])
+
+
+PROBE_DIR = "linear_probe"  # the probe's training log, inside the output directory
+COMPARISON_FILE = "head_only_comparison.json"
+MODEL_NAMES = {"fine_tuned": "fine-tuned", "head_only": "head only (linear probe)"}  # its "kept": key and wording
+# what a linear probe resets: the head alone trains, at its own rate; nothing below it is re-initialised or staged
+PROBE_SETTINGS = {"head_only": True, "freeze_lower_blocks": 0, "train_top_blocks": None, "gradual_unfreeze": 0,
+                  "head_warmup_steps": 0.0, "reinit_top_blocks": 0}
+
+
+def wants_probe(trainer, ft_args) -> bool:
+    """Whether ``--compare_head_only`` trains a linear probe beside this (trained) run: ``yes``; ``small`` when the
+    step budget lengthened training (a small set), no flag conflicts (:meth:`FineTuneArguments.probe_conflicts`) and
+    the run is not sharded (FSDP, DeepSpeed: ``yes`` is refused there by :func:`ftlib.launch.check_launch`)."""
+    mode = ft_args.compare_head_only
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    if mode == "no" or (mode == "small" and (ft_args.probe_conflicts() or sharded or not trainer.lengthened_by_budget)):
+        return False
+    if trainer.eval_dataset is None:
+        logger.warning("--compare_head_only: no validation split to compare on; the fine-tuned model is kept")
+        return False
+    return True
+
+
+def compare_head_only(trainer, build, train_data, ft_args) -> tuple[Any, dict[str, float] | None]:
+    """``--compare_head_only``: after ``trainer`` (the run, trained) train a linear probe with the same steps and seed
+    (``build(args, train_data, ft_args=...)``: the recipe's trainer function, in ``linear_probe/``), evaluate both on
+    the validation split and keep the better: the run's ``metric_for_best_model``, then the lower loss, then the
+    fine-tuned model. Few labelled images of the kind the backbone was pretrained on are often classified better by
+    the pretrained features left as they are than after fine-tuning them (Kumar et al. 2022, "Fine-tuning can
+    distort pretrained features"), while data unlike the pretraining needs the fine-tuning.
+
+    Returns ``(kept trainer, its train metrics or None when the fine-tuned run is kept)``; when the probe wins it
+    writes to the run's output directory from then on, and ``ft_args`` is set to the probe's strategy (for the
+    model card and the saved model). ``head_only_comparison.json`` in the output directory holds both evaluations."""
+    from transformers import set_seed
+
+    from ftlib.cv import fold_args
+    from ftlib.hub import eval_key
+
+    args = trainer.args
+    output_dir = Path(args.output_dir)
+    metric = eval_key(args.metric_for_best_model or "loss")
+    greater = args.greater_is_better if args.greater_is_better is not None else metric != "eval_loss"
+    fine_tuned = trainer.evaluate()
+
+    probe_ft = copy.copy(ft_args)
+    for name, value in {**PROBE_SETTINGS, "head_learning_rate": ft_args.probe_learning_rate}.items():
+        setattr(probe_ft, name, value)
+    set_seed(args.seed)  # the probe starts from the state the run started from
+    probe = build(fold_args(args, output_dir / PROBE_DIR), train_data, ft_args=probe_ft)
+    logger.info("--compare_head_only: training a linear probe (the head alone, learning rate %g) to compare on %s",
+                ft_args.probe_learning_rate, metric)
+    probe_train = dict(probe.train().metrics)
+    probed = probe.evaluate()
+
+    def rank(metrics: dict[str, float]) -> tuple[float, float]:
+        """Higher is better; a missing or diverged (NaN) value ranks last."""
+        score, loss = metrics.get(metric, math.nan), metrics.get("eval_loss", math.nan)
+        score = score if greater else -score
+        return (score if math.isfinite(score) else -math.inf), (-loss if math.isfinite(loss) else -math.inf)
+
+    probe_wins = rank(probed) > rank(fine_tuned)
+    kept = "head_only" if probe_wins else "fine_tuned"
+    logger.info("--compare_head_only: %s %.4f (loss %.4f) fine-tuned, %.4f (loss %.4f) head only: keeping the %s "
+                "model", metric, fine_tuned.get(metric, float("nan")), fine_tuned.get("eval_loss", float("nan")),
+                probed.get(metric, float("nan")), probed.get("eval_loss", float("nan")), MODEL_NAMES[kept])
+    if trainer.is_world_process_zero():
+        document = {"metric": metric, "greater_is_better": greater, "kept": kept,
+                    "fine_tuned": fine_tuned, "head_only": {**probed, "probe_learning_rate": ft_args.probe_learning_rate}}
+        (output_dir / COMPARISON_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if not probe_wins:
+        probe.model_wrapped = probe.model = None
+        return trainer, None
+    for name in (*PROBE_SETTINGS, "head_learning_rate"):
+        setattr(ft_args, name, getattr(probe_ft, name))
+    probe.args.output_dir = str(output_dir)  # predictions, the model and its card go where the run's would
+    trainer.model_wrapped = trainer.model = None
+    return probe, probe_train
+
+
+def comparison_card(output_dir: str | Path) -> list[str]:
+    """The model card's lines on ``--compare_head_only`` (none without ``head_only_comparison.json``)."""
+    path = Path(output_dir) / COMPARISON_FILE
+    if not path.is_file():
+        return []
+    comparison = json.loads(path.read_text(encoding="utf-8"))
+    metric = comparison["metric"]
+    rows = [f"| {name} | {comparison[kind].get(metric, math.nan):.4f} | {comparison[kind].get('eval_loss', math.nan):.4f} |"
+            for kind, name in MODEL_NAMES.items()]
+    about = (f"Two models were trained with the same steps and seed, the whole model fine-tuned and the head alone on "
+             f"the frozen pretrained model (learning rate {comparison['head_only']['probe_learning_rate']:g}); the "
+             f"{MODEL_NAMES[comparison['kept']]} one scored better on the validation split and is this model.")
+    return ["## Fine-tuned or linear probe", "", about, "", f"| model | {metric} | eval_loss |", "|---|---|---|",
+            *rows, ""]

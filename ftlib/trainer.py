@@ -240,6 +240,7 @@ class FtTrainer(Trainer):
         self.group_table = ""
         self._gradual: GradualUnfreezeCallback | None = None
         self._wrapped_trainable: set[int] = set()
+        self.lengthened_by_budget = False  # whether --min_train_steps raised the epochs (a small training set)
         self._apply_step_budget()
         if ft_args.gradual_unfreeze or ft_args.head_warmup_steps:
             flag = "--gradual_unfreeze" if ft_args.gradual_unfreeze else "--head_warmup_steps"
@@ -291,6 +292,7 @@ class FtTrainer(Trainer):
             return
         planned_epochs = args.num_train_epochs
         args.num_train_epochs = epochs
+        self.lengthened_by_budget = True
         total = self.planned_steps()
         interval = max(1, math.ceil(total / max(1.0, planned_epochs)))
         moved = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import image_cls
@@ -27,6 +28,7 @@ from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
 from ftlib.cli import parse_args
 from ftlib.data import image as fimg
 from ftlib.data.image import CorruptImageError, default_num_workers
+from ftlib.small_data import MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs" / "image_cls").glob("*.yaml"))
@@ -276,6 +278,7 @@ def test_shipped_small_data_defaults_budget_and_frozen_batch_norm(tiny_resnet, t
     shipped = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shipped)
     assert shipped.RECIPE_DEFAULTS["min_train_steps"] == 250 and shipped.RECIPE_DEFAULTS["batch_norm"] == "frozen"
+    assert shipped.RECIPE_DEFAULTS["compare_head_only"] == "small"
 
     data = image_folder(tmp_path / "data", {"train": 4, "val": 2})
     pretrained = load_file(tiny_resnet / "model.safetensors")
@@ -289,3 +292,67 @@ def test_shipped_small_data_defaults_budget_and_frozen_batch_norm(tiny_resnet, t
         same = [torch.equal(saved[f"resnet.{name}"], pretrained[name]) for name in stats]  # backbone under resnet.
         # frozen: the pretrained statistics are saved untouched; train: they followed the colour images
         assert all(same) if mode == "frozen" else not any(same)
+
+
+# --- fine-tuned or linear probe (--compare_head_only) -----------------------------------------------------------------
+
+
+def _body(weights: dict) -> dict:
+    return {name.removeprefix("resnet."): tensor for name, tensor in weights.items() if not name.startswith("classifier")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("winner", ["head_only", "fine_tuned"])
+def test_compare_head_only_keeps_the_model_that_scores_better_on_validation(winner, tiny_resnet, tmp_path):
+    # a learning rate that wrecks the fine-tuned model lets the probe win; a probe that cannot move loses
+    data = image_folder(tmp_path / "data", {"train": 4, "val": 2})
+    out = tmp_path / "out"
+    rates = ["--learning_rate", "100"] if winner == "head_only" else ["--probe_learning_rate", "1e-9"]
+    metrics = run(base_argv(tiny_resnet, out, "--image_folder", data, "--compare_head_only", "yes", "--max_steps", "30",
+                            "--eval_strategy", "no", "--dataloader_num_workers", "0", *rates))
+    comparison = json.loads((out / "head_only_comparison.json").read_text())
+    assert comparison["kept"] == winner and comparison["metric"] == "eval_accuracy"
+    kept, other = comparison[winner], comparison["fine_tuned" if winner == "head_only" else "head_only"]
+    assert (kept["eval_accuracy"], -kept["eval_loss"]) > (other["eval_accuracy"], -other["eval_loss"])
+    # what is saved and reported is the kept model: its validation scores, its weights, its strategy
+    assert metrics["eval_accuracy"] == pytest.approx(kept["eval_accuracy"])
+    assert json.loads((out / "all_results.json").read_text())["eval_loss"] == pytest.approx(kept["eval_loss"])
+    saved, pretrained = _body(load_file(out / "model.safetensors")), load_file(tiny_resnet / "model.safetensors")
+    unchanged = [torch.equal(saved[name], tensor) for name, tensor in pretrained.items()]
+    assert all(unchanged) if winner == "head_only" else not all(unchanged)
+    assert json.loads((out / "ftlib_strategy.json").read_text()).get("head_only", False) == (winner == "head_only")
+    assert (out / "linear_probe").is_dir() and not (out / "linear_probe" / "model.safetensors").exists()
+    card = (out / "README.md").read_text()
+    assert "## Fine-tuned or linear probe" in card and f"the {MODEL_NAMES[winner]} one scored better on the validation" in card
+
+
+def test_compare_head_only_small_runs_only_on_sets_the_budget_lengthens():
+    from types import SimpleNamespace
+
+    from ftlib.small_data import wants_probe
+
+    small, large = (SimpleNamespace(lengthened_by_budget=flag, eval_dataset=[0]) for flag in (True, False))
+    assert wants_probe(small, FineTuneArguments(compare_head_only="small"))
+    assert not wants_probe(large, FineTuneArguments(compare_head_only="small"))
+    assert wants_probe(large, FineTuneArguments(compare_head_only="yes"))
+    assert not wants_probe(small, FineTuneArguments())
+    # 'small' steps aside for flags that make a comparison meaningless; 'yes' refuses them
+    assert not wants_probe(small, FineTuneArguments(compare_head_only="small", lora=True))
+    sharded = SimpleNamespace(lengthened_by_budget=True, eval_dataset=[0], is_fsdp_enabled=True)
+    assert not wants_probe(sharded, FineTuneArguments(compare_head_only="small"))  # 'yes': ftlib.launch refuses
+    assert not wants_probe(SimpleNamespace(lengthened_by_budget=True, eval_dataset=None),
+                           FineTuneArguments(compare_head_only="yes"))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"compare_head_only": "yes", "head_only": True}, "--compare_head_only yes: not with --head_only"),
+    ({"compare_head_only": "yes", "cv_folds": 3}, "not with --cv_folds"),
+    ({"compare_head_only": "yes", "hp_search": 4}, "not with --hp_search"),
+    ({"compare_head_only": "sometimes"}, "must be no, small or yes, got 'sometimes'"),
+    ({"probe_learning_rate": 1e-2}, "--probe_learning_rate does nothing without --compare_head_only"),
+    ({"compare_head_only": "small", "probe_learning_rate": 0.0}, "--probe_learning_rate must be positive"),
+])
+def test_compare_head_only_settings_are_checked(flags, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FineTuneArguments(**flags)
+

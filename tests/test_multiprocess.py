@@ -153,3 +153,19 @@ def test_gradual_unfreezing_two_processes_match_one_and_resume(tiny_bert_no_drop
     for rank in (0, 1):
         assert_same_order(two.batches(rank), killed.batches(rank), resumed.batches(rank))
         assert [b["step"] for b in resumed.batches(rank)] == list(range(5, MAX_STEPS + 1))
+
+
+def test_compare_head_only_in_two_processes_keeps_what_one_process_keeps(tiny_bert_no_dropout_dir, data, tmp_path,
+                                                                         recipe_process):
+    # both ranks train both models, score them on the same gathered validation split and keep the same one
+    flags = ("--compare_head_only", "yes", "--save_strategy", "no")
+    for processes in (1, 2):
+        recipe_process(command(tiny_bert_no_dropout_dir, data, tmp_path / f"p{processes}", processes, *flags),
+                       tmp_path / f"rec-{processes}").wait()
+    one, two = (json.loads((tmp_path / f"p{n}" / "head_only_comparison.json").read_text()) for n in (1, 2))
+    assert two["kept"] == one["kept"]
+    for kind in ("fine_tuned", "head_only"):
+        assert two[kind]["eval_accuracy"] == one[kind]["eval_accuracy"]
+        assert two[kind]["eval_loss"] == pytest.approx(one[kind]["eval_loss"], rel=TOLERANCE["loss_rel"])
+    assert eval_results(tmp_path / "p2")["eval_loss"] == pytest.approx(two[two["kept"]]["eval_loss"], rel=1e-6)
+    assert (tmp_path / "p2" / "model.safetensors").is_file() and (tmp_path / "p2" / "linear_probe").is_dir()
