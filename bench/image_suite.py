@@ -232,8 +232,10 @@ def main() -> None:
                                                                  shlex.split(args.recipe_args))
                                 if comparison:
                                     row["kept"] = comparison["kept"]
-                                    row["validation"] = {kind: comparison[kind].get(comparison["metric"]) for kind
-                                                         in ("fine_tuned", "head_only")}
+                                    row["validation"] = {kind: [comparison[kind].get(comparison["metric"]),
+                                                                comparison[kind].get("eval_loss")]
+                                                         for kind in ("fine_tuned", "head_only")}
+                                    row["reason"] = comparison.get("reason")
                                 predictions = [by_file[f"{label}/{Path(path).name}"] for path, label in test]
                             row["wall_s"] = round(time.perf_counter() - start, 1)
                         row["metric"] = float(np.mean([p == label for p, (_, label) in zip(predictions, test)]))

@@ -1,5 +1,6 @@
 """Strategies for small training sets: a training budget in optimizer steps, re-initialised top blocks,
-batch-norm statistics (frozen, or following the new data), and weight averaging (EMA / SWA).
+batch-norm statistics (frozen, or following the new data), weight averaging (EMA / SWA), and a linear probe
+trained beside the fine-tuned model, the better of the two on validation kept (``--compare_head_only``).
 
 Few-sample fine-tuning of pretrained encoders is unstable mostly for three reasons (Mosbach et al. 2021,
 "On the stability of fine-tuning BERT"; Zhang et al. 2021, "Revisiting few-sample BERT fine-tuning"): too few
@@ -202,8 +203,8 @@ def wants_probe(trainer, ft_args) -> bool:
 def compare_head_only(trainer, build, train_data, ft_args) -> tuple[Any, dict[str, float] | None]:
     """``--compare_head_only``: after ``trainer`` (the run, trained) train a linear probe with the same steps and seed
     (``build(args, train_data, ft_args=...)``: the recipe's trainer function, in ``linear_probe/``), evaluate both on
-    the validation split and keep the better: the run's ``metric_for_best_model``, then the lower loss, then the
-    fine-tuned model. Few labelled images of the kind the backbone was pretrained on are often classified better by
+    the validation split and keep the better (:func:`choose_model`: the run's ``metric_for_best_model``, then the
+    lower loss). Few labelled images of the kind the backbone was pretrained on are often classified better by
     the pretrained features left as they are than after fine-tuning them (Kumar et al. 2022, "Fine-tuning can
     distort pretrained features"), while data unlike the pretraining needs the fine-tuning.
 
@@ -231,19 +232,13 @@ def compare_head_only(trainer, build, train_data, ft_args) -> tuple[Any, dict[st
     probe_train = dict(probe.train().metrics)
     probed = probe.evaluate()
 
-    def rank(metrics: dict[str, float]) -> tuple[float, float]:
-        """Higher is better; a missing or diverged (NaN) value ranks last."""
-        score, loss = metrics.get(metric, math.nan), metrics.get("eval_loss", math.nan)
-        score = score if greater else -score
-        return (score if math.isfinite(score) else -math.inf), (-loss if math.isfinite(loss) else -math.inf)
-
-    probe_wins = rank(probed) > rank(fine_tuned)
-    kept = "head_only" if probe_wins else "fine_tuned"
+    kept, reason = choose_model(fine_tuned, probed, metric, greater)
+    probe_wins = kept == "head_only"
     logger.info("--compare_head_only: %s %.4f (loss %.4f) fine-tuned, %.4f (loss %.4f) head only: keeping the %s "
-                "model", metric, fine_tuned.get(metric, float("nan")), fine_tuned.get("eval_loss", float("nan")),
-                probed.get(metric, float("nan")), probed.get("eval_loss", float("nan")), MODEL_NAMES[kept])
+                "model (%s)", metric, fine_tuned.get(metric, math.nan), fine_tuned.get("eval_loss", math.nan),
+                probed.get(metric, math.nan), probed.get("eval_loss", math.nan), MODEL_NAMES[kept], reason)
     if trainer.is_world_process_zero():
-        document = {"metric": metric, "greater_is_better": greater, "kept": kept,
+        document = {"metric": metric, "greater_is_better": greater, "kept": kept, "reason": reason,
                     "fine_tuned": fine_tuned, "head_only": {**probed, "probe_learning_rate": ft_args.probe_learning_rate}}
         (output_dir / COMPARISON_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     if not probe_wins:
@@ -254,6 +249,29 @@ def compare_head_only(trainer, build, train_data, ft_args) -> tuple[Any, dict[st
     probe.args.output_dir = str(output_dir)  # predictions, the model and its card go where the run's would
     trainer.model_wrapped = trainer.model = None
     return probe, probe_train
+
+
+def choose_model(fine_tuned: dict[str, float], probed: dict[str, float], metric: str, greater: bool) -> tuple[str, str]:
+    """``(kept, reason)`` from the two evaluations on validation: ``"fine_tuned"`` or ``"head_only"``.
+
+    The better ``metric`` wins (a missing or diverged, NaN, value ranks last). On a tie, the lower loss, but not
+    when both classified every validation example correctly (``eval_accuracy`` 1): with no error to penalise
+    overconfidence the loss only rewards confidence, which fine-tuning buys by rescaling the features, so the loss
+    would always favour it; the probe, which left the pretrained model as it was, is kept then. Last, fine-tuned."""
+
+    def finite(value: float, sign: float) -> float:
+        return sign * value if math.isfinite(value) else -math.inf
+
+    sign = 1.0 if greater else -1.0
+    scores = {kind: finite(m.get(metric, math.nan), sign) for kind, m in (("fine_tuned", fine_tuned), ("head_only", probed))}
+    if scores["fine_tuned"] != scores["head_only"]:
+        return max(scores, key=scores.get), f"better {metric}"
+    if fine_tuned.get("eval_accuracy") == probed.get("eval_accuracy") == 1.0:
+        return "head_only", "both classified every validation example correctly: the unchanged pretrained model"
+    losses = {kind: finite(m.get("eval_loss", math.nan), -1.0) for kind, m in (("fine_tuned", fine_tuned), ("head_only", probed))}
+    if losses["fine_tuned"] != losses["head_only"]:
+        return max(losses, key=losses.get), f"same {metric}, lower loss"
+    return "fine_tuned", f"same {metric} and loss"
 
 
 def comparison_card(output_dir: str | Path) -> list[str]:
@@ -267,6 +285,7 @@ def comparison_card(output_dir: str | Path) -> list[str]:
             for kind, name in MODEL_NAMES.items()]
     about = (f"Two models were trained with the same steps and seed, the whole model fine-tuned and the head alone on "
              f"the frozen pretrained model (learning rate {comparison['head_only']['probe_learning_rate']:g}); the "
-             f"{MODEL_NAMES[comparison['kept']]} one scored better on the validation split and is this model.")
+             f"{MODEL_NAMES[comparison['kept']]} one is this model, kept on the validation split "
+             f"({comparison.get('reason', 'the better score')}).")
     return ["## Fine-tuned or linear probe", "", about, "", f"| model | {metric} | eval_loss |", "|---|---|---|",
             *rows, ""]

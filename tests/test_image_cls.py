@@ -314,6 +314,7 @@ def test_compare_head_only_keeps_the_model_that_scores_better_on_validation(winn
     assert comparison["kept"] == winner and comparison["metric"] == "eval_accuracy"
     kept, other = comparison[winner], comparison["fine_tuned" if winner == "head_only" else "head_only"]
     assert (kept["eval_accuracy"], -kept["eval_loss"]) > (other["eval_accuracy"], -other["eval_loss"])
+    assert comparison["reason"] in ("better eval_accuracy", "same eval_accuracy, lower loss")
     # what is saved and reported is the kept model: its validation scores, its weights, its strategy
     assert metrics["eval_accuracy"] == pytest.approx(kept["eval_accuracy"])
     assert json.loads((out / "all_results.json").read_text())["eval_loss"] == pytest.approx(kept["eval_loss"])
@@ -323,7 +324,7 @@ def test_compare_head_only_keeps_the_model_that_scores_better_on_validation(winn
     assert json.loads((out / "ftlib_strategy.json").read_text()).get("head_only", False) == (winner == "head_only")
     assert (out / "linear_probe").is_dir() and not (out / "linear_probe" / "model.safetensors").exists()
     card = (out / "README.md").read_text()
-    assert "## Fine-tuned or linear probe" in card and f"the {MODEL_NAMES[winner]} one scored better on the validation" in card
+    assert "## Fine-tuned or linear probe" in card and f"the {MODEL_NAMES[winner]} one is this model, kept on the validation split" in card
 
 
 def test_compare_head_only_small_runs_only_on_sets_the_budget_lengthens():
@@ -342,6 +343,32 @@ def test_compare_head_only_small_runs_only_on_sets_the_budget_lengthens():
     assert not wants_probe(sharded, FineTuneArguments(compare_head_only="small"))  # 'yes': ftlib.launch refuses
     assert not wants_probe(SimpleNamespace(lengthened_by_budget=True, eval_dataset=None),
                            FineTuneArguments(compare_head_only="yes"))
+
+
+FT, PROBE = "fine_tuned", "head_only"
+
+
+@pytest.mark.parametrize("fine_tuned, probed, metric, greater, kept", [
+    ({"eval_accuracy": 0.8, "eval_loss": 0.1}, {"eval_accuracy": 0.9, "eval_loss": 0.9}, "eval_accuracy", True, PROBE),
+    ({"eval_accuracy": 0.9, "eval_loss": 0.9}, {"eval_accuracy": 0.8, "eval_loss": 0.1}, "eval_accuracy", True, FT),
+    # an imperfect tie: the loss decides, either way
+    ({"eval_accuracy": 0.85, "eval_loss": 0.5}, {"eval_accuracy": 0.85, "eval_loss": 1.1}, "eval_accuracy", True, FT),
+    ({"eval_accuracy": 0.85, "eval_loss": 1.1}, {"eval_accuracy": 0.85, "eval_loss": 0.5}, "eval_accuracy", True, PROBE),
+    # both perfect: the fine-tuned model's lower loss is only confidence; the probe is kept
+    ({"eval_accuracy": 1.0, "eval_loss": 0.0001}, {"eval_accuracy": 1.0, "eval_loss": 0.09}, "eval_accuracy", True, PROBE),
+    # the headline metric ties at a perfect accuracy too (macro F1)
+    ({"eval_accuracy": 1.0, "eval_macro_f1": 1.0, "eval_loss": 0.0}, {"eval_accuracy": 1.0, "eval_macro_f1": 1.0,
+                                                                      "eval_loss": 0.2}, "eval_macro_f1", True, PROBE),
+    # lower is better; a diverged model ranks last
+    ({"eval_loss": 0.3}, {"eval_loss": 0.2}, "eval_loss", False, PROBE),
+    ({"eval_accuracy": float("nan"), "eval_loss": float("nan")}, {"eval_accuracy": 0.4, "eval_loss": 2.0},
+     "eval_accuracy", True, PROBE),
+    ({"eval_accuracy": 0.5, "eval_loss": 0.7}, {"eval_accuracy": 0.5, "eval_loss": 0.7}, "eval_accuracy", True, FT),
+])
+def test_choose_model_on_validation(fine_tuned, probed, metric, greater, kept):
+    from ftlib.small_data import choose_model
+
+    assert choose_model(fine_tuned, probed, metric, greater)[0] == kept
 
 
 @pytest.mark.parametrize("flags, message", [
