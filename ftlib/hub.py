@@ -68,7 +68,7 @@ class PushFailedError(HubPushError):
 # cv_results.json, and the out-of-fold predictions are pushed), the hyperparameter search's study and trial logs
 # (hp_search/; its summary, hp_search.json, is pushed). ``ftlib-report`` needs predictions.npz; the pushed report
 # has its figures.
-NOT_PUSHED = ("checkpoint-*", "runs", "cv", "hp_search", "*.pt", "*.pth", "*.bin", "*.npz", "trainer_state.json",
+NOT_PUSHED = ("checkpoint-*", "runs", "cv", "hp_search", "linear_probe", "*.pt", "*.pth", "*.bin", "*.npz", "trainer_state.json",
               ".ftlib-*", "*.lock")
 
 

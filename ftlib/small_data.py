@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,9 @@ def compare_head_only(trainer, build, train_data, ft_args) -> tuple[Any, dict[st
                 ft_args.probe_learning_rate, metric)
     probe_train = dict(probe.train().metrics)
     probed = probe.evaluate()
+    if trainer.is_world_process_zero():  # --load_best_model_at_end's checkpoints: the probe is in memory
+        for checkpoint in (output_dir / PROBE_DIR).glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
     kept, reason = choose_model(fine_tuned, probed, metric, greater)
     probe_wins = kept == "head_only"

@@ -28,6 +28,7 @@ from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
 from ftlib.cli import parse_args
 from ftlib.data import image as fimg
 from ftlib.data.image import CorruptImageError, default_num_workers
+from ftlib.hub import files_to_push
 from ftlib.small_data import MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,6 +324,7 @@ def test_compare_head_only_keeps_the_model_that_scores_better_on_validation(winn
     assert all(unchanged) if winner == "head_only" else not all(unchanged)
     assert json.loads((out / "ftlib_strategy.json").read_text()).get("head_only", False) == (winner == "head_only")
     assert (out / "linear_probe").is_dir() and not (out / "linear_probe" / "model.safetensors").exists()
+    assert not [path for path in files_to_push(out) if path.parts[0] == "linear_probe"]  # its log stays local
     card = (out / "README.md").read_text()
     assert "## Fine-tuned or linear probe" in card and f"the {MODEL_NAMES[winner]} one is this model, kept on the validation split" in card
 
