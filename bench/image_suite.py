@@ -16,9 +16,11 @@ processor resized to the suite's size, no augmentation, AdamW at one learning ra
 5e-4: the stronger of 5e-5 and 5e-4 in a pilot; 5e-5, the Trainer default, barely moves a new head in few
 steps), 3 epochs, the same batch size. ``recipe`` is ``recipes/image_cls.py`` with its defaults (plus
 ``--recipe_args``, stored under ``--tag``). The recipe gets the test images as its validation folder, only
-for its final evaluation report: with ``--eval_strategy no`` nothing is selected on it; with ``--carve_validation``
-the recipe gets no validation folder and holds out its own from the training subset, so that what it selects on
-validation (``--compare_head_only``) is chosen without the test images. Results are appended
+for its final evaluation report: with ``--eval_strategy no`` and ``--compare_head_only no`` nothing is selected on
+it. With ``--carve_validation`` the recipe gets no validation folder and holds out its own (10%) from the training
+subset, as for a user with training images only, and runs with its defaults in full: what it selects on
+validation (``--compare_head_only small``, the probe or the fine-tuned model) is chosen without the test images,
+and it trains on 90% of the images plain trains on. Results are appended
 to a JSON-lines file (``--results``) and a run already stored is not repeated, as in ``bench/text_suite.py``,
 whose table this prints (mean, standard deviation and worst seed of the accuracy; mean wall time).
 
@@ -194,6 +196,11 @@ def main() -> None:
     if args.report:
         report(stored(results), args.datasets, args.sizes, args.batch_sizes, args.report_runs, args.markdown, **table)
         return
+    recipe_args = shlex.split(args.recipe_args)
+    if not args.carve_validation:  # the validation folder holds the test images: nothing may be chosen on it
+        if "--compare_head_only" in recipe_args:
+            parser.error("--compare_head_only chooses a model on the validation split: add --carve_validation")
+        recipe_args = ["--compare_head_only", "no", *recipe_args]
     if "hymenoptera" in args.datasets and not HYMENOPTERA.is_dir():
         sys.exit(f"needs {HYMENOPTERA} (../shared beside the project)")
     from transformers.utils import logging as hf_logging
@@ -229,7 +236,7 @@ def main() -> None:
                                     {"train": train, "val": test, "test": test}
                                 folder = link_folder(Path(tmp) / "data", splits)
                                 by_file, comparison = run_recipe(folder, size, batch, seed, f"{tmp}/out",
-                                                                 shlex.split(args.recipe_args))
+                                                                 recipe_args)
                                 if comparison:
                                     row["kept"] = comparison["kept"]
                                     row["validation"] = {kind: [comparison[kind].get(comparison["metric"]),
