@@ -20,7 +20,7 @@ _EXPORTS = {
     "ftlib.lora": ["apply_lora", "default_target_modules", "save_lora"],
     "ftlib.lr_find": ["LRFindResult", "lr_find", "plot_lr_find"],
     "ftlib.optim": ["build_param_groups", "format_group_table", "layer_learning_rates", "resolve_optimizer"],
-    "ftlib.small_data": ["WeightAveragingCallback", "budget_epochs", "reinit_top_blocks"],
+    "ftlib.small_data": ["WeightAveragingCallback", "budget_epochs", "choose_model", "compare_head_only", "reinit_top_blocks"],
     "ftlib.trainer": ["FtTrainer", "class_weights_from_labels", "prepare_model"],
     "ftlib.unfreeze": ["GradualUnfreezeCallback", "unfreeze_stages"],
 }
