@@ -25,11 +25,13 @@ to a JSON-lines file (``--results``) and a run already stored is not repeated, a
 whose table this prints (mean, standard deviation and worst seed of the accuracy; mean wall time).
 
 Measured 2026-11-30 on a shared 2-core CPU machine (2-4 processes at once, one thread each), seeds 0-2 at batch
-16 (0-1 at batch 8 and 32): digits at 20 / 50 / all images per class, hymenoptera at 20, 50 and in full (seed 0; a
-250-step run at 224 px took 7-20 minutes there); on hymenoptera 20 / 50 and digits 20 also a linear probe
+16 (0-1 at batch 8 and 32): digits at 20 / 50 / all images per class, hymenoptera at 20, 50 and in full (a
+250-step run at 224 px took 7-20 minutes there); on hymenoptera 20 / 50 / full and digits 20 also a linear probe
 (``--tag "head only" --recipe_args "--head_only true --head_learning_rate 1e-3"``: best on hymenoptera, worst of
-the fine-tuned runs on digits) and other variants. The tables and what each strategy was worth are in the README
-("Small data", "Images"). Not yet run: the defaults on all hymenoptera images beyond seed 0, seeds 3-4.
+the fine-tuned runs on digits) and other variants; then the defaults with the probe-or-fine-tune choice
+(``--carve_validation --tag "compare head only" --recipe_args "--compare_head_only small"``) on hymenoptera 20 / 50 /
+full and digits 20 / 50 at batch 16, and at batch 8 and 32 on the 20-per-class subsets. The tables and what each
+strategy was worth are in the README ("Small data", "Images"). Not yet run: seeds 3-4.
 """
 
 from __future__ import annotations

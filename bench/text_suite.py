@@ -21,9 +21,11 @@ and mean wall time (training and prediction, model load included).
 
 Measured 2026-11-30 on a shared 2-core CPU machine (2-3 suite processes at once, one thread each), seeds 0-2:
 every dataset at 100 rows and batch 16, stance_atheism and tickets also at batch 8 and 32, stance_atheism and
-emotion at 300 rows, irony at 1,000, stance_feminist in full (597 rows); the tickets at 100 rows also with seeds
-3-4 at batch 8 / 16 / 32. The table is in the README ("Small data"). Not yet run: 300 / 1,000 / full for the other
-datasets, batch 8 / 32 beyond two datasets, seeds 3-4 beyond the tickets.
+emotion at 300 rows, irony at 1,000 and in full (2,862 rows; also ``--tag "embeddings trained" --recipe_args
+"--freeze_embeddings false"`` and ``--tag "one rate 5e-5"``, seeds 0-1), stance_feminist in full (597 rows); SST-2
+at 100 rows at batch 8 / 16 / 32; the tickets at 100 rows also with seeds 3-4 at batch 8 / 16 / 32. The table is in
+the README ("Small data"). Not yet run: 300 / 1,000 / full for the other datasets, batch 8 / 32 beyond three
+datasets, seeds 3-4 beyond the tickets.
 With ``--subset_seed 0`` (one draw of the rows, training seeds 0-2), stance_atheism and stance_climate at 100 rows,
 batch 16: standard deviation 0.017 and 0.004, against 0.042 and 0.039 when the draw changes too.
 """
