@@ -170,7 +170,8 @@ def built(monkeypatch) -> list:
     prepare, groups = ftlib.trainer.prepare_model, ftlib.trainer.build_param_groups
 
     def recorded_prepare(model, ft_args, task_type=None):
-        calls.append({"model": id(model), "ft": ft_args})
+        # the model itself, not its id: a freed model's id can be reused by the next one
+        calls.append({"model": model, "ft": ft_args})
         return prepare(model, ft_args, task_type)
 
     def recorded_groups(model, anatomy, lr, head_lr=None, layer_decay=1.0, **kwargs):
@@ -197,7 +198,7 @@ def test_text_search_trains_a_fresh_model_per_trial_then_the_best(tiny_bert_dir,
                                    "warmup_steps": 0.1, "num_train_epochs": 2}  # the run's own values first
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 3
     # a fresh model per trial and for the final one, each prepared and grouped with its own values
-    assert len(built) == 4 and len({c["model"] for c in built}) == 4
+    assert len(built) == 4 and len({id(c["model"]) for c in built}) == 4
     for call, t in zip(built, trials):
         assert (call["lr"], call["head_lr"], call["layer_decay"]) == pytest.approx(
             (t["params"]["learning_rate"], t["params"]["head_learning_rate"], t["params"]["layer_decay"]))
