@@ -22,7 +22,7 @@ and mean wall time (training and prediction, model load included).
 Measured 2026-11-30 on a shared 2-core CPU machine (2-3 suite processes at once, one thread each), seeds 0-2:
 every dataset at 100 rows and batch 16, stance_atheism and tickets also at batch 8 and 32, stance_atheism, emotion,
 irony and SST-2 at 300 rows (irony also at batch 8 and 32), irony, emotion and SST-2 at 1,000 (emotion and SST-2
-also at batch 8 and 32; SST-2 at 300 / 1,000 and irony at 300, seed 0, also ``--tag "budget 500" --recipe_args
+also at batch 8 and 32; SST-2 at 300 / 1,000 and irony at 300 (seed 0 only) also ``--tag "budget 500" --recipe_args
 "--min_train_steps 500"``), emotion in full (3,257
 rows; also ``--tag "random batches" --recipe_args "--train_sampling_strategy random"``), irony in full
 (2,862 rows, seeds 0-4, plain, recipe and "random batches"; also ``--tag "embeddings trained" --recipe_args
