@@ -134,6 +134,7 @@ def parse_args(
         parsed = _parse(parser, tokens + argv, config_path)
     for instance in parsed:
         if isinstance(instance, TrainingArguments):
+            _unset_implied_loss_metric(instance, dataclass_types, tokens + argv, defaults or {})
             check_training_args(instance)
     if print_config:
         print(config_yaml(parsed), end="")
@@ -265,6 +266,28 @@ def _withdrawn_defaults(
             candidates[name], name, defaults[name], name, value, name,
         )
     return withdrawn
+
+
+def _unset_implied_loss_metric(
+    training_args: TrainingArguments, dataclass_types: Sequence[type], args: list[str], defaults: dict[str, Any]
+) -> None:
+    """TrainingArguments fills ``metric_for_best_model="loss"`` in whenever ``--load_best_model_at_end`` is on and the
+    metric is not given, so the best checkpoint was chosen on the validation loss while the recipe's headline metric
+    (accuracy, F1; ``ftlib.run.set_best_metric``) applied only without it. Unset what the user did not choose, so the
+    recipe's default applies to the best checkpoint too. Not for schedulers that step on the metric (they were built
+    for a loss)."""
+    if training_args.metric_for_best_model != "loss" or not training_args.load_best_model_at_end:
+        return
+    if str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)) in (
+        "reduce_lr_on_plateau", "greedy"
+    ):
+        return
+    chosen = explicit_keys(dataclass_types, args) | set(defaults)
+    if "metric_for_best_model" in chosen:
+        return
+    training_args.metric_for_best_model = None
+    if "greater_is_better" not in chosen:
+        training_args.greater_is_better = None
 
 
 def check_training_args(training_args: TrainingArguments) -> None:

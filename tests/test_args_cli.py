@@ -239,3 +239,28 @@ def test_recipe_default_does_not_cancel_gradual_unfreezing(tmp_path):
     assert frozen([], {k: v for k, v in yaml_config.items() if k != "freeze_embeddings"}) is False
     assert frozen(["--freeze_embeddings", "false"], yaml_config) is False
     assert parse([*REQUIRED, "--gradual_unfreeze", "1"])[2].freeze_embeddings is False  # no recipe defaults
+
+
+def test_best_checkpoint_metric_is_left_to_the_recipe_unless_chosen(tmp_path):
+    """TrainingArguments sets metric_for_best_model='loss' whenever --load_best_model_at_end is on; the recipes'
+    headline metric (set_best_metric) must still apply, and a metric or direction the user gave must stay."""
+    from ftlib.run import set_best_metric
+
+    best = ["--output_dir", str(tmp_path), "--eval_strategy", "epoch", "--save_strategy", "epoch",
+            "--load_best_model_at_end", "true"]
+    args = parse([*REQUIRED, *best])[3]
+    assert (args.metric_for_best_model, args.greater_is_better) == (None, None)
+    set_best_metric(args, "accuracy", True)
+    assert (args.metric_for_best_model, args.greater_is_better) == ("accuracy", True)
+
+    chosen = parse([*REQUIRED, *best, "--metric_for_best_model", "loss"])[3]  # the user's own choice, even "loss"
+    assert (chosen.metric_for_best_model, chosen.greater_is_better) == ("loss", False)
+    from_yaml = parse(best, {"model_name_or_path": "tiny", "train_file": "train.csv", "use_cpu": True,
+                             "metric_for_best_model": "eval_loss"}, tmp_path)[3]
+    assert from_yaml.metric_for_best_model == "eval_loss"
+    direction = parse([*REQUIRED, *best, "--greater_is_better", "false"])[3]
+    assert (direction.metric_for_best_model, direction.greater_is_better) == (None, False)
+    plateau = parse([*REQUIRED, *best, "--lr_scheduler_type", "reduce_lr_on_plateau"])[3]
+    assert plateau.metric_for_best_model == "loss"  # the scheduler steps on it
+    without = parse([*REQUIRED, "--output_dir", str(tmp_path)])[3]
+    assert without.metric_for_best_model is None
