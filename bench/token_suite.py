@@ -26,8 +26,10 @@ Measured 2026-11-30 on a shared 2-core CPU machine (one suite process, one threa
 1,000 sentences: plain, the recipe's old defaults (stored as "recipe (old defaults)"), the text recipe's strategy
 with and without frozen embeddings (with: the shipped defaults, stored as "recipe"), the CoNLL config's rates, and
 the step budget alone (100 sentences); plain and the defaults also at batch 8 and 32 (100 sentences; 1,000 at batch
-32), and at 1,000 / batch 32 with random batches (``--tag "random batches"``). A run took 1-10 minutes there. The tables and what won are in the README ("Small data", "Tokens"). Not yet
-run: the full training set (about 45 minutes a 3-epoch run there), 1,000 sentences at batch 8, seeds 3-4.
+32), and at 1,000 / batch 32 with random batches (``--tag "random batches"``). A run took 1-10 minutes there.
+Added 2026-12-01 (two suite processes at once, one thread each): plain and the defaults at 1,000 sentences and
+batch 8 (seeds 0-2) and on the full training set at batch 16 (seeds 0-1; 12 minutes the recipe, 25 plain). The
+tables and what won are in the README ("Small data", "Tokens"). Not yet run: seeds 3-4.
 """
 
 from __future__ import annotations
