@@ -31,7 +31,8 @@ Measured 2026-11-30 on a shared 2-core CPU machine (2-4 processes at once, one t
 the fine-tuned runs on digits) and other variants; then the defaults with the probe-or-fine-tune choice
 (``--carve_validation --tag "compare head only" --recipe_args "--compare_head_only small"``) on hymenoptera 20 / 50 /
 full and digits 20 / 50 at batch 16, and at batch 8 and 32 on the 20-per-class subsets. The tables and what each
-strategy was worth are in the README ("Small data", "Images"). Not yet run: seeds 3-4.
+strategy was worth are in the README ("Small data", "Images"). Added 2026-12-01: digits in full, plain and the
+recipe, seeds 3-4 (one other job on the machine: their wall times compare). Not yet run: seeds 3-4 elsewhere.
 """
 
 from __future__ import annotations
