@@ -128,13 +128,14 @@ def parse_args(
     if config_path is not None:
         tokens = config_to_argv(load_config(config_path), parser, Path(config_path))
     parsed = _parse(parser, tokens + argv, config_path)
-    withdrawn = _withdrawn_defaults(dataclass_types, parsed, defaults or {}, tokens + argv)
+    explicit = explicit_keys(dataclass_types, tokens + argv)  # set by the YAML or the command line
+    withdrawn = _withdrawn_defaults(dataclass_types, parsed, defaults or {}, explicit)
     if withdrawn:
         parser.set_defaults(**withdrawn)
         parsed = _parse(parser, tokens + argv, config_path)
     for instance in parsed:
         if isinstance(instance, TrainingArguments):
-            _unset_implied_loss_metric(instance, dataclass_types, tokens + argv, defaults or {})
+            _unset_implied_loss_metric(instance, explicit | set(defaults or {}))
             check_training_args(instance)
     if print_config:
         print(config_yaml(parsed), end="")
@@ -243,7 +244,7 @@ def explicit_keys(dataclass_types: Sequence[type], args: Sequence[str]) -> set[s
 
 
 def _withdrawn_defaults(
-    dataclass_types: Sequence[type], parsed: tuple, defaults: dict[str, Any], args: list[str]
+    dataclass_types: Sequence[type], parsed: tuple, defaults: dict[str, Any], explicit: set[str]
 ) -> dict[str, Any]:
     """Recipe defaults that a strategy the user turned on overrides (see ``STRATEGY_OVER_RECIPE_DEFAULTS``),
     mapped to their dataclass defaults."""
@@ -255,7 +256,6 @@ def _withdrawn_defaults(
     }
     if not candidates:
         return {}
-    explicit = explicit_keys(dataclass_types, args)
     field_defaults = {
         f.name: f.default for cls in dataclass_types if dataclasses.is_dataclass(cls) for f in dataclasses.fields(cls)
     }
@@ -268,21 +268,18 @@ def _withdrawn_defaults(
     return withdrawn
 
 
-def _unset_implied_loss_metric(
-    training_args: TrainingArguments, dataclass_types: Sequence[type], args: list[str], defaults: dict[str, Any]
-) -> None:
+def _unset_implied_loss_metric(training_args: TrainingArguments, chosen: set[str]) -> None:
     """TrainingArguments fills ``metric_for_best_model="loss"`` in whenever ``--load_best_model_at_end`` is on and the
     metric is not given, so the best checkpoint was chosen on the validation loss while the recipe's headline metric
     (accuracy, F1; ``ftlib.run.set_best_metric``) applied only without it. Unset what the user did not choose, so the
-    recipe's default applies to the best checkpoint too. Not for schedulers that step on the metric (they were built
-    for a loss)."""
+    recipe's default applies to the best checkpoint too (``chosen``: the names the YAML, the command line or the
+    recipe's defaults set). Not for schedulers that step on the metric (they were built for a loss)."""
     if training_args.metric_for_best_model != "loss" or not training_args.load_best_model_at_end:
         return
     if str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)) in (
         "reduce_lr_on_plateau", "greedy"
     ):
         return
-    chosen = explicit_keys(dataclass_types, args) | set(defaults)
     if "metric_for_best_model" in chosen:
         return
     training_args.metric_for_best_model = None
