@@ -15,6 +15,13 @@ from dataclasses import dataclass, field, fields
 from ftlib.data.knobs import check_knobs
 
 
+def option_name(value) -> str:
+    """The name of a ``TrainingArguments`` choice (``optim``, ``lr_scheduler_type``, ``parallel_mode``): parsing
+    makes it an enum, whose ``str()`` is ``"OptimizerNames.ADAMW_TORCH"``; code that sets the field later may leave
+    the plain string."""
+    return str(getattr(value, "value", value))
+
+
 def refuse_without(args, gate: str, active: bool, names: tuple[str, ...]) -> None:
     """Flags that act only together with ``gate``: set to a non-default value while ``gate`` is off, they would
     do nothing, so they are an error naming both (a flag a recipe accepts does something, or is refused)."""

@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ftlib.args import option_name
+
 logger = logging.getLogger("ftlib")
 
 # A recipe default must not silently cancel a strategy the user turned on: {strategy field: fields whose
@@ -276,7 +278,7 @@ def _unset_implied_loss_metric(training_args: TrainingArguments, chosen: set[str
     recipe's defaults set). Not for schedulers that step on the metric (they were built for a loss)."""
     if training_args.metric_for_best_model != "loss" or not training_args.load_best_model_at_end:
         return
-    if str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)) in (
+    if option_name(training_args.lr_scheduler_type) in (
         "reduce_lr_on_plateau", "greedy"
     ):
         return

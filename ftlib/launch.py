@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
-from ftlib.args import FineTuneArguments
+from ftlib.args import FineTuneArguments, option_name
 
 # Trainer drives the launched processes together in these modes (DDP, FSDP, DeepSpeed, TPU, SageMaker).
 _TOGETHER = (ParallelMode.DISTRIBUTED, ParallelMode.TPU, ParallelMode.SAGEMAKER_DATA_PARALLEL,
@@ -164,7 +164,7 @@ def check_launch(training_args: TrainingArguments, ft_args: FineTuneArguments, e
             f"{launch.devices} GPU(s): launch one process per GPU (--num_processes {launch.devices})"
         )
     if launch.processes > 1 and not launch.together:
-        mode = getattr(training_args.parallel_mode, "value", training_args.parallel_mode)
+        mode = option_name(training_args.parallel_mode)
         hint = ("add --use_cpu true to the recipe's flags on a machine without GPUs: " + cpu_launch_line(launch.processes)
                 if launch.devices == 0 else f"launch at most one process per GPU (this machine has {launch.devices})")
         raise ValueError(

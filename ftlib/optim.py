@@ -13,6 +13,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from ftlib.anatomy import Anatomy
+from ftlib.args import option_name
 
 
 def layer_learning_rates(
@@ -79,7 +80,7 @@ MODEL_BUILT_OPTIMIZERS = ("galore", "apollo", "lomo", "adalomo")
 def resolve_optimizer(training_args: TrainingArguments, torch_optimizer: str | None, torch_kwargs: dict):
     """(optimizer class, kwargs without ``lr``): a ``torch.optim`` class named by the user, else Trainer's ``--optim``."""
     if torch_optimizer is None:
-        optim = getattr(training_args.optim, "value", training_args.optim)
+        optim = option_name(training_args.optim)
         if optim.startswith(MODEL_BUILT_OPTIMIZERS):
             raise ValueError(
                 f"--optim {optim} builds its own parameter groups (or per-parameter hooks) from the model, which "

@@ -15,7 +15,7 @@ import datasets
 import transformers
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from ftlib.args import FineTuneArguments
+from ftlib.args import FineTuneArguments, option_name
 from ftlib.cli import ConfigError, config_changes, config_yaml
 from ftlib.cv import cross_validate
 from ftlib.hp_search import card_section as hp_search_card
@@ -194,13 +194,13 @@ def strategy_summary(ft_args: FineTuneArguments, training_args: TrainingArgument
     }
     summary.update(
         learning_rate=training_args.learning_rate,
-        lr_scheduler_type=str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
+        lr_scheduler_type=option_name(training_args.lr_scheduler_type),
         warmup_steps=training_args.warmup_steps,
         num_train_epochs=training_args.num_train_epochs,
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
         weight_decay=training_args.weight_decay,
-        optimizer=ft_args.torch_optimizer or str(getattr(training_args.optim, "value", training_args.optim)),
+        optimizer=ft_args.torch_optimizer or option_name(training_args.optim),
         seed=training_args.seed,
     )
     return summary

@@ -264,3 +264,13 @@ def test_best_checkpoint_metric_is_left_to_the_recipe_unless_chosen(tmp_path):
     assert plateau.metric_for_best_model == "loss"  # the scheduler steps on it
     without = parse([*REQUIRED, "--output_dir", str(tmp_path)])[3]
     assert without.metric_for_best_model is None
+
+
+def test_option_names_read_the_same_from_parsed_enums_and_plain_strings():
+    from ftlib.args import option_name
+
+    args = parse(REQUIRED + ["--optim", "adafactor", "--lr_scheduler_type", "cosine"])[-1]
+    assert (option_name(args.optim), option_name(args.lr_scheduler_type)) == ("adafactor", "cosine")
+    assert option_name(args.parallel_mode) == "not_parallel"
+    args.optim = "sgd"  # set after parsing, as code may
+    assert option_name(args.optim) == "sgd"
