@@ -41,9 +41,9 @@ atheism, climate and hillary at 300 rows and in full (355-620 rows), batch 16; s
 1,000 rows and batch 8, SST-2 at 1,000 and batch 16, irony at 300 and batch 8 / 16 / 32; emotion and SST-2 at 300
 rows and irony at 1,000 at batch 8 and 32; ``--tag balanced --recipe_args=--class_weights=balanced`` on emotion 300
 / 1,000 (batch 16 / 8), SST-2 1,000 (batch 8), stance_abortion 300, stance_atheism 100, stance_climate 100 / 300 /
-full and stance_hillary 100; stance_feminist at 300 rows. Not yet run: the stance targets at batch 8 / 32
-(stance_atheism at 100 rows aside), emotion, irony and the stances at 100 rows at batch 8 / 32, seeds 3-4 on most
-cells.
+full and stance_hillary 100; stance_feminist at 300 rows; stance_climate at 100 / 300 rows and batch 8 / 32. Not
+yet run: the stance targets at batch 8 / 32 (stance_atheism at 100 rows and stance_climate aside), emotion, irony
+and the stances at 100 rows at batch 8 / 32, seeds 3-4 on most cells.
 With ``--subset_seed 0`` (one draw of the rows, training seeds 0-2), stance_atheism and stance_climate at 100 rows,
 batch 16: standard deviation 0.017 and 0.004, against 0.042 and 0.039 when the draw changes too.
 """
