@@ -278,9 +278,7 @@ def _unset_implied_loss_metric(training_args: TrainingArguments, chosen: set[str
     recipe's defaults set). Not for schedulers that step on the metric (they were built for a loss)."""
     if training_args.metric_for_best_model != "loss" or not training_args.load_best_model_at_end:
         return
-    if option_name(training_args.lr_scheduler_type) in (
-        "reduce_lr_on_plateau", "greedy"
-    ):
+    if option_name(training_args.lr_scheduler_type) in ("reduce_lr_on_plateau", "greedy"):
         return
     if "metric_for_best_model" in chosen:
         return

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from transformers import TrainingArguments
 
-from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
+from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments, option_name
 from ftlib.cli import ConfigError, check_training_args, parse_args
 
 TYPES = (ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments)
@@ -267,8 +267,6 @@ def test_best_checkpoint_metric_is_left_to_the_recipe_unless_chosen(tmp_path):
 
 
 def test_option_names_read_the_same_from_parsed_enums_and_plain_strings():
-    from ftlib.args import option_name
-
     args = parse(REQUIRED + ["--optim", "adafactor", "--lr_scheduler_type", "cosine"])[-1]
     assert (option_name(args.optim), option_name(args.lr_scheduler_type)) == ("adafactor", "cosine")
     assert option_name(args.parallel_mode) == "not_parallel"
