@@ -42,9 +42,14 @@ atheism, climate and hillary at 300 rows and in full (355-620 rows), batch 16; s
 1,000 rows and batch 8, SST-2 at 1,000 and batch 16, irony at 300 and batch 8 / 16 / 32; emotion and SST-2 at 300
 rows and irony at 1,000 at batch 8 and 32; ``--tag balanced --recipe_args=--class_weights=balanced`` on emotion 300
 / 1,000 (batch 16 / 8), SST-2 1,000 (batch 8), stance_abortion 300, stance_atheism 100, stance_climate 100 / 300 /
-full and stance_hillary 100; stance_feminist at 300 rows; stance_climate at 100 / 300 rows and batch 8 / 32. Not
-yet run: the stance targets at batch 8 / 32 (stance_atheism at 100 rows and stance_climate aside), emotion, irony
-and the stances at 100 rows at batch 8 / 32, seeds 3-4 on most cells.
+full and stance_hillary 100; stance_feminist at 300 rows; stance_climate at 100 / 300 rows and batch 8 / 32.
+Measured 2026-12-01, ninth session, seeds 0-2 unless named: a budget counted in examples seen (250 steps of 32 rows,
+so ``--min_train_steps 1000`` at batch 8 and 500 at batch 16), ``--tag "examples 8000"``, on irony 300 (seeds 0-4)
+and 1,000 rows, SST-2 1,000 rows at batch 8, stance_climate 300 at batch 16 (at batch 8 it ran earlier as "budget
+1000"), and also emotion and stance_feminist at 100 rows, irony and stance_hillary at 100, emotion and SST-2 at 300
+(batch 8); the grid's missing cells at batch 8 / 32: the stance targets at 100 and 300 rows and in full (at batch 32
+not stance_climate and stance_feminist in full), emotion and irony at 100 rows, the tickets at 300 rows
+(``--report --goals`` lists what is still not measured).
 With ``--subset_seed 0`` (one draw of the rows, training seeds 0-2), stance_atheism and stance_climate at 100 rows,
 batch 16: standard deviation 0.017 and 0.004, against 0.042 and 0.039 when the draw changes too.
 """
