@@ -46,8 +46,8 @@ full and stance_hillary 100; stance_feminist at 300 rows; stance_climate at 100 
 Measured 2026-12-01, ninth session, seeds 0-2 unless named: a budget counted in examples seen (250 steps of 32 rows,
 so ``--min_train_steps 1000`` at batch 8 and 500 at batch 16), ``--tag "examples 8000"``, on irony 300 (seeds 0-4)
 and 1,000 rows, SST-2 1,000 rows at batch 8, stance_climate 300 at batch 16 (at batch 8 it ran earlier as "budget
-1000"), and also emotion and stance_feminist at 100 rows, irony and stance_hillary at 100, emotion and SST-2 at 300
-(batch 8); the grid's missing cells at batch 8 / 32: the stance targets at 100 and 300 rows and in full (at batch 32
+1000"), and at batch 8 also emotion, irony, stance_feminist and stance_hillary at 100 rows, emotion and SST-2 at
+300; the grid's missing cells at batch 8 / 32: the stance targets at 100 and 300 rows and in full (at batch 32
 not stance_climate and stance_feminist in full), emotion and irony at 100 rows, the tickets at 300 rows
 (``--report --goals`` lists what is still not measured).
 With ``--subset_seed 0`` (one draw of the rows, training seeds 0-2), stance_atheism and stance_climate at 100 rows,
@@ -343,6 +343,15 @@ def judge_cell(label: str, ours: dict[int, list[dict]], plain: dict[int, list[di
     return parts
 
 
+def add_goals_argument(parser: argparse.ArgumentParser, default_runs: list[str]) -> None:
+    """A suite's ``--goals [RUN ...]`` (with ``--report``: :func:`print_goals`); the runs judged when none are named
+    are ``args.goal_runs``."""
+    parser.add_argument("--goals", nargs="*", default=None, metavar="RUN",
+                        help="with --report: check the stored runs against the defaults' goals (the runs named, default "
+                             f"{', '.join(map(repr, default_runs))}) and list what is unmet or not measured")
+    parser.set_defaults(goal_runs=default_runs)
+
+
 def print_goals(rows: list[dict], runs, **table) -> None:
     """Print :func:`goals`' lines, then what is unmet and what is not measured."""
     lines, unmet, unmeasured = goals(rows, runs, **table)
@@ -373,16 +382,14 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "outputs" / "text_suite.jsonl"))
     parser.add_argument("--report", action="store_true", help="print the table of stored results and exit")
     parser.add_argument("--markdown", action="store_true", help="with --report: the table as markdown")
-    parser.add_argument("--goals", nargs="*", default=None, metavar="RUN",
-                        help="with --report: check the stored runs against the defaults' goals (the runs named, "
-                             "default recipe) and list what is unmet or not measured")
+    add_goals_argument(parser, ["recipe"])
     args = parser.parse_args()
     results = Path(args.results)
     if args.report:
         rows = stored(results)
         if args.goals is not None:
             sizes = {name: len(load(name)[0]) for name in DATASETS} if TWEETEVAL.is_dir() else None
-            print_goals(rows, args.goals or ["recipe"], full_sizes=sizes)
+            print_goals(rows, args.goals or args.goal_runs, full_sizes=sizes)
             return
         report(rows, args.datasets, args.sizes, args.batch_sizes, markdown=args.markdown)
         print_constant_scores(sorted({r["dataset"] for r in rows} & set(args.datasets), key=DATASETS.index),

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from text_suite import append, key, minilm_path, print_goals, report, stored
+from text_suite import add_goals_argument, append, key, minilm_path, print_goals, report, stored
 
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"
 DATASET = "conll2003"
@@ -210,15 +210,13 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="with --report: the tables as markdown")
     parser.add_argument("--report_runs", nargs="+", default=None,
                         help='with --report: only these stored runs, e.g. plain recipe "recipe (old defaults)"')
-    parser.add_argument("--goals", nargs="*", default=None, metavar="RUN",
-                        help="with --report: check the stored runs against the defaults' goals (text_suite.goals; the "
-                             "runs named, default [recipe]) and list what is unmet or not measured")
+    add_goals_argument(parser, ["recipe"])
     args = parser.parse_args()
     results = Path(args.results)
     table = {"order": [DATASET], "subset_sizes": SUBSET_SIZES}
     if args.report:
         if args.goals is not None:
-            print_goals(stored(results), args.goals or ["recipe"], **table)
+            print_goals(stored(results), args.goals or args.goal_runs, **table)
             return
         rows = stored(results)
         report(rows, args.datasets, args.sizes, args.batch_sizes, args.report_runs, args.markdown, **table)
