@@ -214,8 +214,18 @@ class FineTuneArguments:
                           "--hp_search or --cv_folds ('small' then trains as asked).",
                   "choices": ["no", "small", "yes"]},
     )
+    probe_first: str = field(
+        default="no",
+        metadata={"help": "Linear probing, then fine-tuning (LP-FT): before the run trains, the head alone trains on the "
+                          "frozen model (at --probe_learning_rate, the run's steps), so that fine-tuning starts from a "
+                          "trained head instead of a random one: 'yes', 'small' (only where the step budget "
+                          "--min_train_steps lengthens training, i.e. small sets) or 'no'. Not with --head_only; skipped "
+                          "on resume (the checkpoint holds the head).",
+                  "choices": ["no", "small", "yes"]},
+    )
     probe_learning_rate: float = field(
-        default=1e-3, metadata={"help": "Learning rate of the head in the linear probe of --compare_head_only."}
+        default=1e-3, metadata={"help": "Learning rate of the head in the linear probe of --compare_head_only and "
+                                        "--probe_first."}
     )
     batch_norm: str = field(
         default="train",
@@ -349,7 +359,13 @@ class FineTuneArguments:
         if self.compare_head_only == "yes" and self.probe_conflicts():
             raise ValueError(f"--compare_head_only yes: not with {' / '.join(self.probe_conflicts())} (the comparison "
                              "is between the run's fine-tuning and a linear probe)")
-        refuse_without(self, "--compare_head_only", self.compare_head_only != "no", ("probe_learning_rate",))
+        if self.probe_first not in ("no", "small", "yes"):
+            raise ValueError(f"--probe_first must be no, small or yes, got {self.probe_first!r}")
+        if self.probe_first == "yes" and self.head_only:
+            raise ValueError("--probe_first yes with --head_only: the run itself trains the head alone; there is no "
+                             "fine-tuning to start from a trained head")
+        refuse_without(self, "--compare_head_only or --probe_first",
+                       self.compare_head_only != "no" or self.probe_first != "no", ("probe_learning_rate",))
         if self.batch_norm_momentum is not None and not 0.0 <= self.batch_norm_momentum <= 1.0:
             raise ValueError(f"--batch_norm_momentum must be in [0, 1], got {self.batch_norm_momentum}")
         if not 0.0 < self.ema_decay < 1.0:

@@ -177,7 +177,8 @@ def check_launch(training_args: TrainingArguments, ft_args: FineTuneArguments, e
     if launch.engine == "DeepSpeed" and not _deepspeed_installed():
         raise ValueError(deepspeed_missing(launch.asked_by))
     for flag, on in (("--gradual_unfreeze", ft_args.gradual_unfreeze), ("--head_warmup_steps", ft_args.head_warmup_steps),
-                     ("--lr_find", ft_args.lr_find), ("--compare_head_only yes", ft_args.compare_head_only == "yes")):
+                     ("--lr_find", ft_args.lr_find), ("--compare_head_only yes", ft_args.compare_head_only == "yes"),
+                     ("--probe_first yes", ft_args.probe_first == "yes")):
         if on:  # the same refusal as FtTrainer's, before anything loads
             raise ValueError(f"{flag} works with single-device and DDP runs, not FSDP or DeepSpeed "
                              f"({launch.asked_by})")

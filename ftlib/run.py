@@ -350,6 +350,8 @@ def publish(
     greater = trainer.args.greater_is_better if trainer.args.greater_is_better is not None else metric != "loss"
     summary = {**strategy_summary(ft_args, trainer.args), **(settings or {}), "metric_for_best_model": metric,
                "greater_is_better": greater}
+    if ft_args.probe_first != "no":  # 'small' decides per run: record whether the head was trained first
+        summary["head_probed_first"] = trainer.wants_probe_first()
     library = "peft" if ft_args.lora and ft_args.lora_save == "adapter" else "transformers"
     figures = report_from_trainer(trainer, report, label_names, metric)
     write_model_card(

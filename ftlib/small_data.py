@@ -184,7 +184,15 @@ COMPARISON_FILE = "head_only_comparison.json"
 MODEL_NAMES = {"fine_tuned": "fine-tuned", "head_only": "head only (linear probe)"}  # its "kept": key and wording
 # what a linear probe resets: the head alone trains, at its own rate; nothing below it is re-initialised or staged
 PROBE_SETTINGS = {"head_only": True, "freeze_lower_blocks": 0, "train_top_blocks": None, "gradual_unfreeze": 0,
-                  "head_warmup_steps": 0.0, "reinit_top_blocks": 0}
+                  "head_warmup_steps": 0.0, "reinit_top_blocks": 0, "probe_first": "no"}
+
+
+def probe_settings(ft_args):
+    """A copy of ``ft_args`` that trains a linear probe: :data:`PROBE_SETTINGS`, the head at --probe_learning_rate."""
+    probe_ft = copy.copy(ft_args)
+    for name, value in {**PROBE_SETTINGS, "head_learning_rate": ft_args.probe_learning_rate}.items():
+        setattr(probe_ft, name, value)
+    return probe_ft
 
 
 def wants_probe(trainer, ft_args) -> bool:
@@ -223,9 +231,7 @@ def compare_head_only(trainer, build, train_data, ft_args) -> tuple[Any, dict[st
     greater = args.greater_is_better if args.greater_is_better is not None else metric != "eval_loss"
     fine_tuned = trainer.evaluate()
 
-    probe_ft = copy.copy(ft_args)
-    for name, value in {**PROBE_SETTINGS, "head_learning_rate": ft_args.probe_learning_rate}.items():
-        setattr(probe_ft, name, value)
+    probe_ft = probe_settings(ft_args)
     set_seed(args.seed)  # the probe starts from the state the run started from
     probe = build(fold_args(args, output_dir / PROBE_DIR), train_data, ft_args=probe_ft)
     logger.info("--compare_head_only: training a linear probe (the head alone, learning rate %g) to compare on %s",

@@ -9,9 +9,11 @@ Trainer's own.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
+import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -25,14 +27,20 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint, has_length
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, get_last_checkpoint, has_length
 
 from ftlib.anatomy import Anatomy, find_anatomy
 from ftlib.args import FineTuneArguments
 from ftlib.freezing import apply_freezing, count_parameters
 from ftlib.lora import apply_lora
 from ftlib.optim import build_param_groups, create_optimizer, format_group_table, resolve_optimizer
-from ftlib.small_data import WeightAveragingCallback, budget_epochs, reinit_top_blocks, set_batch_norm
+from ftlib.small_data import (
+    WeightAveragingCallback,
+    budget_epochs,
+    probe_settings,
+    reinit_top_blocks,
+    set_batch_norm,
+)
 from ftlib.tracking import GroupLearningRateCallback
 from ftlib.unfreeze import GradualUnfreezeCallback, staged_parameters
 
@@ -241,6 +249,7 @@ class FtTrainer(Trainer):
         self._gradual: GradualUnfreezeCallback | None = None
         self._wrapped_trainable: set[int] = set()
         self.lengthened_by_budget = False  # whether --min_train_steps raised the epochs (a small training set)
+        self.probe_first_metrics: dict[str, float] | None = None  # --probe_first: the head-only stage's train metrics
         self._apply_step_budget()
         if ft_args.gradual_unfreeze or ft_args.head_warmup_steps:
             flag = "--gradual_unfreeze" if ft_args.gradual_unfreeze else "--head_warmup_steps"
@@ -323,14 +332,66 @@ class FtTrainer(Trainer):
         quarter = int(4 * self.state.global_step / max(1, self.state.max_steps))
         super()._report_to_hp_search(trial, quarter, metrics)
 
-    # -- weight averaging ----------------------------------------------------------------------------
+    # -- weight averaging, linear probing first ------------------------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self._averaging is not None and resume_from_checkpoint:
             checkpoint = resume_from_checkpoint
             if checkpoint is True:
                 checkpoint = get_last_checkpoint(self.args.output_dir)
             self._averaging.load(checkpoint)
+        if not resume_from_checkpoint and self.wants_probe_first():  # a resumed run's checkpoint holds the head
+            self.probe_first()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def wants_probe_first(self) -> bool:
+        """``--probe_first``: ``yes``; ``small`` where the step budget lengthened training (a small set), the run
+        trains more than its head and is not sharded (FSDP, DeepSpeed: ``yes`` is refused by ftlib.launch)."""
+        mode = self.ft_args.probe_first
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        return mode == "yes" or (mode == "small" and self.lengthened_by_budget and not self.ft_args.head_only
+                                 and not sharded)
+
+    def probe_first(self) -> dict[str, float]:
+        """Linear probing, then fine-tuning (LP-FT; Kumar et al. 2022, "Fine-tuning can distort pretrained features"):
+        the head alone trains first on the frozen model, with this run's data, batches and steps, at
+        ``--probe_learning_rate`` (no evaluation, no checkpoint, no weight averaging), so that fine-tuning starts
+        from a head that already fits the pretrained features: a random head sends large, noisy gradients into the
+        pretrained blocks during the first steps. Only the head's weights change (and batch-norm statistics, where
+        the model has them); the random number generators are left as they were, so the fine-tuning that follows
+        takes the same batches and dropout masks as without the probe. Returns the probe's train metrics."""
+        model, head = self.model, self.anatomy.num_blocks + 1
+        trainable = {name: param.requires_grad for name, param in model.named_parameters()}
+        head_names = [name for name, on in trainable.items() if on and self.anatomy.layer_id(name) == head]
+        if not head_names:
+            raise ValueError("--probe_first: the model has no trainable head parameter to train first")
+        args = copy.copy(self.args)
+        args.report_to, args.push_to_hub, args.load_best_model_at_end = [], False, False
+        args.eval_strategy, args.save_strategy = IntervalStrategy.NO, SaveStrategy.NO
+        probe_ft = probe_settings(self.ft_args)
+        probe_ft.weight_averaging, probe_ft.early_stopping_patience = None, None
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in head_names)
+        probe = FtTrainer(
+            model=model, args=args, train_dataset=self.train_dataset, data_collator=self.data_collator,
+            processing_class=self.processing_class, ft_args=probe_ft, anatomy=self.anatomy,
+            class_weights=self.class_weights, train_batch_transform=self.train_batch_transform,
+            token_loss_normalizer=self.token_loss_normalizer,
+        )
+        logger.info("--probe_first: training the head alone first (%d tensors, learning rate %g, %d steps)",
+                    len(head_names), probe_ft.head_learning_rate, probe.planned_steps())
+        try:
+            # it saves nothing, but Trainer creates its output directory: a temporary one, not in the run's
+            with preserved_rng(), tempfile.TemporaryDirectory(prefix="ftlib-probe-first-") as folder:
+                probe.args.output_dir = folder
+                metrics = dict(probe.train().metrics)
+        finally:
+            for name, param in model.named_parameters():
+                param.requires_grad_(trainable[name])
+            probe.model = probe.model_wrapped = probe.optimizer = probe.lr_scheduler = None
+        logger.info("--probe_first: the head is trained (train loss %.4f); fine-tuning starts from it",
+                    metrics.get("train_loss", math.nan))
+        self.probe_first_metrics = metrics
+        return metrics
 
     def evaluate(self, *args, **kwargs):
         """Evaluation leaves the random number generators as it found them: the evaluation DataLoader draws its

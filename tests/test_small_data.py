@@ -256,3 +256,74 @@ def test_batch_norm_settings_are_checked():
 
     with pytest.raises(ValueError, match="batch norm mode"):
         set_batch_norm(torch.nn.BatchNorm1d(2), "recalibrate")
+
+
+# --- linear probing, then fine-tuning (--probe_first) -------------------------------------------------------------
+class WeightsAtStart(TrainerCallback):
+    """The model's weights when (the fine-tuning's) training begins."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_probe_first_trains_the_head_alone_then_fine_tunes_from_it(make_core_trainer, core_data):
+    from transformers import set_seed
+
+    start = WeightsAtStart()
+    set_seed(0)
+    probed = make_core_trainer(FineTuneArguments(probe_first="yes", probe_learning_rate=0.05), callbacks=[start],
+                               train=core_data(16), max_steps=4, learning_rate=1e-3)
+    initial = {n: p.detach().clone() for n, p in probed.model.named_parameters()}
+    probed.train()
+    layer = {n: probed.anatomy.layer_id(n) for n in initial}
+    for name, value in initial.items():  # the probe moved the head, nothing else
+        assert torch.equal(start.weights[name], value) == (layer[name] != HEAD), name
+    assert probed.probe_first_metrics["train_loss"] > 0 and probed.state.global_step == 4
+    assert all(p.requires_grad for p in probed.model.parameters())  # restored for the fine-tuning
+    # the fine-tuning is the run without --probe_first started from the probe's head: same batches, same dropout
+    set_seed(0)
+    plain = make_core_trainer(FineTuneArguments(), train=core_data(16), max_steps=4, learning_rate=1e-3)
+    with torch.no_grad():
+        for name, param in plain.model.named_parameters():
+            param.copy_(start.weights[name])
+    plain.train()
+    for (name, a), b in zip(probed.model.named_parameters(), plain.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_probe_first_small_runs_only_where_the_budget_lengthens_training(make_core_trainer, core_data):
+    def trainer(rows, mode, **flags):
+        return make_core_trainer(FineTuneArguments(probe_first=mode, min_train_steps=30, **flags), train=core_data(rows),
+                                 max_steps=-1, num_train_epochs=2)
+
+    assert trainer(16, "small").wants_probe_first()  # 8 steps -> 32
+    assert not trainer(64, "small").wants_probe_first()  # 32 steps already
+    assert trainer(64, "yes").wants_probe_first() and not trainer(64, "no").wants_probe_first()
+    assert not trainer(16, "small", head_only=True).wants_probe_first()
+
+
+def test_probe_first_is_skipped_on_resume(make_core_trainer, core_data, tmp_path):
+    def trainer():
+        return make_core_trainer(FineTuneArguments(probe_first="yes"), train=core_data(16), max_steps=4,
+                                 save_strategy="steps", save_steps=2)
+
+    first = trainer()
+    first.train()
+    assert first.probe_first_metrics is not None and not (tmp_path / "out" / "probe_first").exists()
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert resumed.probe_first_metrics is None and resumed.state.global_step == 4
+    for (name, a), b in zip(first.model.named_parameters(), resumed.model.parameters()):  # exact: the head came
+        assert torch.equal(a, b), name  # from the checkpoint
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"probe_first": "yes", "head_only": True}, "--probe_first yes with --head_only"),
+    ({"probe_first": "always"}, "--probe_first must be no, small or yes, got 'always'"),
+    ({"probe_learning_rate": 1e-2}, "--probe_learning_rate does nothing without --compare_head_only or --probe_first"),
+])
+def test_probe_first_settings_are_checked(flags, message):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FineTuneArguments(**flags)

@@ -187,12 +187,13 @@ def _word_embeddings(path: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["lora", "frozen_embeddings_balanced_layer_decay"])
+@pytest.mark.parametrize("strategy", ["lora", "frozen_embeddings_balanced_layer_decay", "lora_probe_first"])
 def test_strategy_flags(tiny_bert_dir, ner_files, tmp_path, strategy):
     import torch
 
     flags = {
         "lora": ["--lora", "true", "--learning_rate", "1e-2"],
+        "lora_probe_first": ["--lora", "true", "--learning_rate", "1e-2", "--probe_first", "yes"],  # peft's head names
         "frozen_embeddings_balanced_layer_decay": ["--freeze_embeddings", "true", "--class_weights", "balanced",
                                                    "--layer_decay", "0.8", "--head_learning_rate", "1e-2"],
     }[strategy]
@@ -201,8 +202,10 @@ def test_strategy_flags(tiny_bert_dir, ner_files, tmp_path, strategy):
                             "--num_train_epochs", "2", *flags))
     assert 0.0 <= metrics["eval_f1"] <= 1.0 and metrics["train_loss"] > 0
     assert len(read_predictions(out / "validation_predictions.conll")) == 13
-    if strategy == "lora":
+    if strategy.startswith("lora"):
         assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+        recorded = json.loads((out / "ftlib_strategy.json").read_text())
+        assert recorded.get("head_probed_first", False) == ("probe_first" in strategy)
     else:
         assert torch.equal(_word_embeddings(out), _word_embeddings(tiny_bert_dir))
         recorded = json.loads((out / "ftlib_strategy.json").read_text())
