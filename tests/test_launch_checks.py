@@ -100,9 +100,9 @@ STRATEGY_CASES = [  # (env, strategy, refusal or None)
     (ZERO2, {"head_warmup_steps": 0.1}, "^--head_warmup_steps works with single-device and DDP runs"),
     (FSDP2, {"lr_find": True}, "^--lr_find works with single-device and DDP runs, not FSDP or DeepSpeed"),
     (ZERO3, {"compare_head_only": "yes"}, "^--compare_head_only yes works with single-device and DDP runs"),
-    (FSDP2, {"compare_head_only": "small"}, None),
+    (FSDP2, {"compare_head_only": "small"}, None),  # the image recipe's default steps aside there (ftlib.small_data)
     (FSDP2, {"probe_first": "yes"}, "^--probe_first yes works with single-device and DDP runs, not FSDP or DeepSpeed"),
-    (ZERO2, {"probe_first": "small"}, None),  # steps aside there (FtTrainer.wants_probe_first)  # the image recipe's default steps aside there (ftlib.small_data)
+    (ZERO2, {"probe_first": "small"}, None),  # steps aside there too (FtTrainer.wants_probe_first)
     # sharded weights are gathered for the final save, and the merge is done from them (tests/test_sharded_save.py)
     (FSDP2, {"lora": True, "lora_save": "merged"}, None),
     (ZERO3, {"lora": True, "lora_save": "merged"}, None),
