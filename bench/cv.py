@@ -57,8 +57,10 @@ def sst2_files(tmp: Path, rows: int) -> list[str]:
 def run_recipe(argv: list[str]) -> tuple[dict, float]:
     import text_cls
 
-    from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-    from ftlib.cli import parse_args
+    from ftlib.run.cli import parse_args
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.text_classification import TextDataArguments
+    from ftlib.training.arguments import ModelArguments
 
     args = parse_args((ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments), argv,
                       defaults=text_cls.RECIPE_DEFAULTS)

@@ -17,14 +17,14 @@ offline. What it runs, each row of the table:
    length) per second over the GPU's dense bf16 peak. Aims (issue 11): MFU >= 35%, recipe >= 1.3x plain.
 2. FSDP, one process (accelerate_configs/fsdp.yaml, --num_processes 1): MiniLM with layer decay + LoRA on the support
    tickets. The adapter the recipe saves, reloaded, equals the trained weights (taken from the live model when
-   training ends); the merged model saved through ftlib.run.save_model (the gathered state dict) equals the base
+   training ends); the merged model saved through ftlib.run.steps.save_model (the gathered state dict) equals the base
    with the reloaded adapter merged in by peft; a run killed after a checkpoint and rerun resumes to the same
    final adapter, with the same learning rate in every parameter group at every step after the resume. The same
    run again with ``--fsdp_state_dict_type FULL_STATE_DICT`` (the config's other state-dict type): its adapter,
    reloaded, equals its trained weights.
    ZeRO-3 (accelerate_configs/deepspeed_zero3.yaml, --num_processes 1; needs ``pip install deepspeed``, else a
    "skipped: needs deepspeed" row): MiniLM fine-tuned with layer decay (no LoRA); the model.safetensors the recipe saves
-   (ftlib.run.save_model: Accelerate gathers the 16-bit weights) equals the trained weights, gathered from their
+   (ftlib.run.steps.save_model: Accelerate gathers the 16-bit weights) equals the trained weights, gathered from their
    partitions when training ends, within bf16 rounding.
 3. image speed: recipes/image_cls.py on EfficientNet-Lite0 at 224 px, bf16, synthetic JPEGs decoded and augmented
    in DataLoader workers: images/s in training, and images/s of the input pipeline alone (the same DataLoader,
@@ -179,8 +179,11 @@ def recipe_run(recipe: str, argv: list[str]) -> dict:
     """A recipe's ``main`` in this process, with its defaults (the recipes' own ``__main__`` path)."""
     from transformers import TrainingArguments
 
-    from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments, TextDataArguments
-    from ftlib.cli import parse_args
+    from ftlib.run.cli import parse_args
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.image_classification import ImageDataArguments
+    from ftlib.tasks.text_classification import TextDataArguments
+    from ftlib.training.arguments import ModelArguments
 
     module = __import__(recipe)
     data = TextDataArguments if recipe == "text_cls" else ImageDataArguments
@@ -386,7 +389,7 @@ def text_speed(work: Path, plan: Plan, peak: float | None, peak_note: str) -> li
 
 def worker(spec_path: str) -> None:
     """Inside ``accelerate launch`` (or plain python for --cpu-smoke): the text recipe, with the trained weights
-    taken from the live model before the final save, a merged save through ftlib.run.save_model beside the recipe's
+    taken from the live model before the final save, a merged save through ftlib.run.steps.save_model beside the recipe's
     adapter, and optionally a SIGKILL once checkpoint ``kill_after`` is complete."""
     spec = json.loads(Path(spec_path).read_text())
     import contextlib
@@ -397,9 +400,9 @@ def worker(spec_path: str) -> None:
     from torch.distributed.tensor import DTensor
     from transformers import TrainerCallback
 
-    import ftlib.run
+    import ftlib.run.steps
 
-    save_model, train = text_cls.save_model, ftlib.run.train  # the recipe trains through ftlib.run.fit
+    save_model, train = text_cls.save_model, ftlib.run.steps.train  # the recipe trains through ftlib.run.steps.fit
 
     def dump_trained(trainer) -> None:
         """The trainable weights of the live model (FSDP2: DTensor shards, gathered by full_tensor on every process;
@@ -451,7 +454,7 @@ def worker(spec_path: str) -> None:
         finally:
             trainer.args.output_dir = output_dir
 
-    ftlib.run.train, text_cls.save_model = train_maybe_killed, save_dump_and_merge
+    ftlib.run.steps.train, text_cls.save_model = train_maybe_killed, save_dump_and_merge
     recipe_run("text_cls", spec["argv"])
 
 
@@ -478,8 +481,8 @@ def reload_adapter(out: Path):
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from ftlib.checkpoints import resolve_checkpoint
-    from ftlib.lora import load_task_config
+    from ftlib.strategy.lora import load_task_config
+    from ftlib.training.checkpoints import resolve_checkpoint
 
     base = resolve_checkpoint(json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"])
     before = hf_logging.get_verbosity()
@@ -672,10 +675,10 @@ def image_speed(work: Path, plan: Plan) -> list[Row]:
 
     data = synthetic_images(work / "images", plan.image_rows, plan.image_size)
     model = plan.image_model or tiny_image_model(work, plan.image_size)
-    import ftlib.run
+    import ftlib.run.steps
 
     captured = {}
-    train = ftlib.run.train  # the recipe trains through ftlib.run.fit
+    train = ftlib.run.steps.train  # the recipe trains through ftlib.run.steps.fit
 
     def keep_trainer(trainer, *args, **kwargs):
         captured["trainer"] = trainer
@@ -688,11 +691,11 @@ def image_speed(work: Path, plan: Plan) -> list[Row]:
             "--bf16", str(cuda()).lower()]
     if plan.image_model:  # ImageNet's 1000-class head gives way to one for the synthetic classes
         argv += ["--ignore_mismatched_sizes", "true"]
-    ftlib.run.train = keep_trainer
+    ftlib.run.steps.train = keep_trainer
     try:
         meter = metered(plan.warm_steps, partial(recipe_run, "image_cls", argv))
     finally:
-        ftlib.run.train = train
+        ftlib.run.steps.train = train
     trainer = captured["trainer"]
     loader = trainer.get_train_dataloader()  # the same workers, decoding and augmentation, without the model
     # the first batches arrive together (every worker starts at once): the rate is timed after them, within one epoch

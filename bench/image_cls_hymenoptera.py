@@ -38,15 +38,17 @@ HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 
 from image_cls import RECIPE_DEFAULTS, main
 
-from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
-from ftlib.cli import parse_args
 from ftlib.data.image import (
     ImageTransform,
     build_transforms,
     image_collate,
     load_image_folder,
 )
-from ftlib.modeling import load_image_processor
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.training.arguments import ModelArguments
+from ftlib.training.modeling import load_image_processor
 
 # The converted checkpoint keeps TF's slow batch-norm statistics (PyTorch momentum 0.01): after the 155 steps
 # of a run they would still be 0.99**155 = 21% ImageNet's. 0.1, PyTorch's default, lets them follow the data.

@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from text_suite import add_goals_argument, append, key, print_goals, report, stored
 
-from ftlib.small_data import COMPARISON_FILE
+from ftlib.run.head_only import COMPARISON_FILE
 
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 DATASETS = ["hymenoptera", "digits"]
@@ -154,8 +154,10 @@ def run_recipe(folder: Path, size: int, batch: int, seed: int, out: str, extra: 
     import image_cls
     from transformers import TrainingArguments
 
-    from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
-    from ftlib.cli import parse_args
+    from ftlib.run.cli import parse_args
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.image_classification import ImageDataArguments
+    from ftlib.training.arguments import ModelArguments
 
     argv = [
         "--model_name_or_path", "efficientnet-lite0", "--ignore_mismatched_sizes", "true",
@@ -212,7 +214,7 @@ def main() -> None:
         sys.exit(f"needs {HYMENOPTERA} (../shared beside the project)")
     from transformers.utils import logging as hf_logging
 
-    from ftlib.checkpoints import resolve_checkpoint
+    from ftlib.training.checkpoints import resolve_checkpoint
 
     hf_logging.set_verbosity_error()
     checkpoint = resolve_checkpoint("efficientnet-lite0")

@@ -54,8 +54,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 SHARED = ROOT.parent / "shared" / "data"
 
-from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments, TextDataArguments
-from ftlib.cli import parse_args
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.training.arguments import ModelArguments
 
 GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)  # decades around the recipe's default learning rate
 

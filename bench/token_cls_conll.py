@@ -42,8 +42,10 @@ CONLL = ROOT.parent / "shared" / "data" / "conll2003"
 def run_recipe(out: str, extra: list[str]) -> dict[str, float]:
     import token_cls
 
-    from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
-    from ftlib.cli import parse_args
+    from ftlib.run.cli import parse_args
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.token_classification import TokenDataArguments
+    from ftlib.training.arguments import ModelArguments
 
     argv = ["--config", str(CONFIG), "--output_dir", out, "--disable_tqdm", "true",
             "--train_file", str(CONLL / "train.txt"), "--validation_file", str(CONLL / "valid.txt"),

@@ -83,7 +83,7 @@ VARIANTS = {
 
 
 def _grouped_iter():
-    from ftlib.trainer import EpochSeededLengthGroupedSampler
+    from ftlib.training.trainer import EpochSeededLengthGroupedSampler
 
     return EpochSeededLengthGroupedSampler.__iter__
 
@@ -108,10 +108,10 @@ def stats(train_sentences: list[int], batch: int, seed: int) -> None:
     import numpy as np
     import torch
 
-    from ftlib.args import ModelArguments
     from ftlib.data.token import IGNORE_INDEX, label_list, read_conll, tokenize_dataset
-    from ftlib.modeling import load_tokenizer
-    from ftlib.trainer import EpochSeededLengthGroupedSampler
+    from ftlib.training.arguments import ModelArguments
+    from ftlib.training.modeling import load_tokenizer
+    from ftlib.training.trainer import EpochSeededLengthGroupedSampler
 
     tokenizer = load_tokenizer(ModelArguments(MODEL))
     raw = read_conll(CONLL / "train.txt")
@@ -143,9 +143,11 @@ def run(variant: str, seed: int, args) -> dict:
     import token_cls
     from transformers import TrainingArguments
 
-    from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
-    from ftlib.cli import parse_args
-    from ftlib.trainer import EpochSeededLengthGroupedSampler
+    from ftlib.run.cli import parse_args
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.token_classification import TokenDataArguments
+    from ftlib.training.arguments import ModelArguments
+    from ftlib.training.trainer import EpochSeededLengthGroupedSampler
 
     EpochSeededLengthGroupedSampler.__iter__ = shuffled_batches if "shuffled" in variant else GROUPED_ITER
     with tempfile.TemporaryDirectory() as tmp:

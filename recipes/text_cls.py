@@ -8,7 +8,7 @@ single-label, multi-label (a list per row, or strings with --label_separator) an
 a seeded, stratified validation split when none is given; dynamic padding and length-grouped batches;
 head+tail truncation; every ftlib strategy flag (freezing, layer-wise learning rates, gradual
 unfreezing, LoRA, class weights, early stopping) and every standard TrainingArguments flag; k-fold
-cross-validation of the training split before the final model (--cv_folds, --group_column, --cv_only; ftlib.cv).
+cross-validation of the training split before the final model (--cv_folds, --group_column, --cv_only; ftlib.run.cv).
 Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, test_predictions.csv,
 thresholds.json (multi-label: per-label thresholds tuned on validation, --tune_thresholds), a model card and a
 SHA-256 manifest; --push_to_hub pushes them once, at the end, behind --push_min_metric; with --cv_folds,
@@ -23,17 +23,13 @@ from functools import partial
 import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
 
-from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-from ftlib.checkpoints import prepare_checkpoint, public_name
-from ftlib.cli import parse_args
-from ftlib.cv import ClassColumns, plan_folds, row_folds
 from ftlib.data.files import check_empty_inputs, load_data, source_name
 from ftlib.data.labels import prepare_splits
 from ftlib.data.text import effective_max_length, tokenize_text
-from ftlib.metrics import compute_metrics_fn, default_metric
-from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
-from ftlib.report import EvalExamples
-from ftlib.run import (
+from ftlib.outputs.report import EvalExamples
+from ftlib.run.cli import parse_args
+from ftlib.run.cv import ClassColumns, plan_folds, row_folds
+from ftlib.run.steps import (
     ENCODER_STRATEGY,
     TRAINING_DEFAULTS,
     evaluate,
@@ -45,8 +41,14 @@ from ftlib.run import (
     start_run,
     tune_thresholds,
 )
-from ftlib.thresholds import thresholds_wanted
-from ftlib.trainer import FtTrainer, class_weights_from_labels, prepare_model
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.metrics import compute_metrics_fn, default_metric
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.thresholds import thresholds_wanted
+from ftlib.training.arguments import ModelArguments
+from ftlib.training.checkpoints import prepare_checkpoint, public_name
+from ftlib.training.modeling import load_config_for_labels, load_model, load_tokenizer
+from ftlib.training.trainer import FtTrainer, class_weights_from_labels, prepare_model
 
 # Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
 RECIPE_DEFAULTS = {
@@ -139,8 +141,8 @@ def build_trainer(
     extra_metrics,
 ) -> FtTrainer:
     """A fresh model with the run's strategy (LoRA, freezing; learning-rate groups and gradual unfreezing are built
-    by the trainer) and its trainer on ``train``: the final model's, a search trial's (ftlib.hp_search) or a
-    cross-validation fold's (ftlib.cv)."""
+    by the trainer) and its trainer on ``train``: the final model's, a search trial's (ftlib.run.hp_search) or a
+    cross-validation fold's (ftlib.run.cv)."""
     model = load_model(AutoModelForSequenceClassification, model_args, config, checkpoint)
     model, anatomy = prepare_model(model, ft_args, task_type="SEQ_CLS")
     class_weights = class_weights_from_labels(

@@ -17,7 +17,7 @@ bench/token_sampling.py). Metrics are word-level: seqeval entity
 precision / recall / F1, overall and per type, and token accuracy. Default strategy (RECIPE_DEFAULTS, chosen on
 bench/token_suite.py): frozen embeddings, lr 1e-4 with the head at 1e-3 and layer decay 0.9, 10% warm-up, at least
 250 optimizer steps. Every ftlib strategy flag and every standard TrainingArguments flag work.
-K-fold cross-validation of the training sentences before the final model (--cv_folds, --cv_only; ftlib.cv), plain
+K-fold cross-validation of the training sentences before the final model (--cv_folds, --cv_only; ftlib.run.cv), plain
 shuffled folds, grouped by --group_column (a field of JSON lines, a column of a Hub dataset: a document, say).
 Writes to --output_dir: the model (safetensors) and tokenizer, all_results.json, validation_predictions.conll
 and test_predictions.conll (`token<TAB>gold<TAB>predicted`, a blank line between sentences), a model card and
@@ -39,10 +39,6 @@ from transformers import (
     TrainingArguments,
 )
 
-from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
-from ftlib.checkpoints import prepare_checkpoint, public_name
-from ftlib.cli import parse_args
-from ftlib.cv import Fold, TagColumns, plan_folds
 from ftlib.data.files import check_empty_inputs, limit_samples, load_data, source_name
 from ftlib.data.labels import SINGLE, LabelInfo, ensure_validation
 from ftlib.data.text import effective_max_length
@@ -57,10 +53,10 @@ from ftlib.data.token import (
     tokenize_dataset,
     write_conll_predictions,
 )
-from ftlib.metrics import WordMetrics
-from ftlib.modeling import load_config_for_labels, load_model, load_tokenizer
-from ftlib.report import EvalExamples, argmax_with_probs
-from ftlib.run import (
+from ftlib.outputs.report import EvalExamples, argmax_with_probs
+from ftlib.run.cli import parse_args
+from ftlib.run.cv import Fold, TagColumns, plan_folds
+from ftlib.run.steps import (
     ENCODER_STRATEGY,
     TRAINING_DEFAULTS,
     fit,
@@ -70,7 +66,18 @@ from ftlib.run import (
     set_best_metric,
     start_run,
 )
-from ftlib.trainer import FtTrainer, class_weights_from_labels, labelled_tokens_per_batch, prepare_model
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.metrics import WordMetrics
+from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.training.arguments import ModelArguments
+from ftlib.training.checkpoints import prepare_checkpoint, public_name
+from ftlib.training.modeling import load_config_for_labels, load_model, load_tokenizer
+from ftlib.training.trainer import (
+    FtTrainer,
+    class_weights_from_labels,
+    labelled_tokens_per_batch,
+    prepare_model,
+)
 
 # Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
 RECIPE_DEFAULTS = {
@@ -222,7 +229,7 @@ def build_trainer(
 
 def sentence_fold(args, train_rows, held_rows, *, sentences: Dataset, windows_of, build, tokenizer, id2label, scheme,
                   extra_metrics) -> Fold:
-    """A cross-validation fold (ftlib.cv): its training and held-out sentences tokenized afresh, a trainer on the
+    """A cross-validation fold (ftlib.run.cv): its training and held-out sentences tokenized afresh, a trainer on the
     first, word-level metrics and out-of-fold tags on the second."""
     held = sentences.select(held_rows)
     held_windows = windows_of(held)

@@ -120,8 +120,8 @@ def make_core_trainer(core_bert_dir, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 
-    from ftlib.args import FineTuneArguments
-    from ftlib.trainer import FtTrainer, prepare_model
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.training.trainer import FtTrainer, prepare_model
 
     # One thread: a tiny model gains nothing from more, and on a busy machine spinning threads cost seconds.
     torch.set_num_threads(1)
@@ -308,10 +308,10 @@ def _hook_final_save(cls, kind, at):
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches ftlib.trainer right after it is imported (importing it here would slow every python start)."""
+    """Patches ftlib.training.trainer right after it is imported (importing it here would slow every python start)."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "ftlib.trainer":
+        if name != "ftlib.training.trainer":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -460,7 +460,7 @@ def tiny_bert_no_dropout_dir(tiny_bert_dir, tmp_path_factory) -> Path:
 
 
 class FakeHfApi:
-    """Stands in for ``huggingface_hub.HfApi``: records each call ``ftlib.hub`` makes, in order, as
+    """Stands in for ``huggingface_hub.HfApi``: records each call ``ftlib.outputs.hub`` makes, in order, as
     ``(method, keyword arguments)``. ``identity``: what ``whoami`` answers (a user ``me`` with a write token);
     ``errors``: an exception a method raises instead, by method name."""
 

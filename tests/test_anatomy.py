@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from ftlib.anatomy import Anatomy, AnatomyError, find_anatomy
+from ftlib.strategy.anatomy import Anatomy, AnatomyError, find_anatomy
 
 TEXT = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
 TEXT |= {"intermediate_size": 37, "max_position_embeddings": 64}

@@ -9,8 +9,11 @@ import pytest
 import yaml
 from transformers import TrainingArguments
 
-from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments, option_name
-from ftlib.cli import ConfigError, check_training_args, parse_args
+from ftlib.core.options import option_name
+from ftlib.run.cli import ConfigError, check_training_args, parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.training.arguments import ModelArguments
 
 TYPES = (ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments)
 REQUIRED = [
@@ -244,7 +247,7 @@ def test_recipe_default_does_not_cancel_gradual_unfreezing(tmp_path):
 def test_best_checkpoint_metric_is_left_to_the_recipe_unless_chosen(tmp_path):
     """TrainingArguments sets metric_for_best_model='loss' whenever --load_best_model_at_end is on; the recipes'
     headline metric (set_best_metric) must still apply, and a metric or direction the user gave must stay."""
-    from ftlib.run import set_best_metric
+    from ftlib.run.steps import set_best_metric
 
     best = ["--output_dir", str(tmp_path), "--eval_strategy", "epoch", "--save_strategy", "epoch",
             "--load_best_model_at_end", "true"]

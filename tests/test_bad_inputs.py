@@ -22,15 +22,13 @@ import token_cls
 from PIL import Image
 from transformers import TrainingArguments
 
-from ftlib.args import (
-    FineTuneArguments,
-    ImageDataArguments,
-    ModelArguments,
-    TextDataArguments,
-    TokenDataArguments,
-)
-from ftlib.cli import parse_args
-from ftlib.trainer import FtTrainer
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.training.arguments import ModelArguments
+from ftlib.training.trainer import FtTrainer
 
 
 @dataclass

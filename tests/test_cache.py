@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ftlib.cache import build_once, remove_abandoned
+from ftlib.core.cache import build_once, remove_abandoned
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_a_failure_between_two_files_leaves_no_target_and_no_staging(tmp_path):
 KILLED_BUILD = """
 import os, signal, sys
 from pathlib import Path
-from ftlib.cache import build_once
+from ftlib.core.cache import build_once
 
 def build(folder):
     (folder / "a.txt").write_text("a")
@@ -96,8 +96,8 @@ def test_an_unfinished_folder_left_by_an_in_place_writer_is_replaced(tmp_path):
 CONCURRENT = """
 import hashlib, json, os, sys, time
 from pathlib import Path
-import ftlib.convert_efficientnet_lite as conv
-from ftlib.checkpoints import resolve_checkpoint
+import ftlib.training.convert_efficientnet_lite as conv
+from ftlib.training.checkpoints import resolve_checkpoint
 
 meet = Path(sys.argv[1])
 write = conv.write_lite0
@@ -117,8 +117,8 @@ print(resolve_checkpoint("efficientnet-lite0"))
 
 KILLED_CONVERSION = """
 import os, signal
-import ftlib.convert_efficientnet_lite as conv
-from ftlib.checkpoints import resolve_checkpoint
+import ftlib.training.convert_efficientnet_lite as conv
+from ftlib.training.checkpoints import resolve_checkpoint
 
 class KilledWhileSaving:
     def save_pretrained(self, folder):  # config.json and model.safetensors are written by now
@@ -155,8 +155,8 @@ def test_two_processes_converting_at_once_share_one_complete_folder(tmp_path, li
 def test_a_conversion_killed_between_two_files_is_redone_by_the_next_run(tmp_path, monkeypatch, lite0_available):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from ftlib.args import ModelArguments
-    from ftlib.checkpoints import prepare_checkpoint
+    from ftlib.training.arguments import ModelArguments
+    from ftlib.training.checkpoints import prepare_checkpoint
 
     cache = tmp_path / "cache"
     target = cache / "efficientnet-lite0"

@@ -16,15 +16,13 @@ import yaml
 from test_text_cls import base_argv, run, sentiment_rows, write_csv
 from transformers import TrainingArguments
 
-from ftlib.args import (
-    FineTuneArguments,
-    ImageDataArguments,
-    ModelArguments,
-    TextDataArguments,
-    TokenDataArguments,
-)
-from ftlib.cli import config_yaml, effective_config, parse_args
-from ftlib.integrity import verify_manifest
+from ftlib.outputs.integrity import verify_manifest
+from ftlib.run.cli import config_yaml, effective_config, parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.training.arguments import ModelArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {

@@ -16,7 +16,7 @@ pytest.importorskip("torchvision", reason="torchvision absent (pip install ftlib
 
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from ftlib.convert_efficientnet_lite import convert, default_pth_path, main
+from ftlib.training.convert_efficientnet_lite import convert, default_pth_path, main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HYMENOPTERA_VAL = SHARED / "data" / "hymenoptera" / "val"

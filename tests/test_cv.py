@@ -18,17 +18,15 @@ from PIL import Image
 from test_flags import write_csv  # the tests' shared csv writer
 from transformers import TrainingArguments
 
-from ftlib.args import (
-    FineTuneArguments,
-    ImageDataArguments,
-    ModelArguments,
-    TextDataArguments,
-    TokenDataArguments,
-)
-from ftlib.cli import ConfigError, parse_args
-from ftlib.cv import make_folds
-from ftlib.integrity import verify_manifest
-from ftlib.outputs import LOCK_FILE
+from ftlib.outputs.integrity import verify_manifest
+from ftlib.run.cli import ConfigError, parse_args
+from ftlib.run.cv import make_folds
+from ftlib.run.output_dir import LOCK_FILE
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.training.arguments import ModelArguments
 
 POSITIVE = ["a wonderful and moving film", "great acting and a clever plot", "I loved every minute of it",
             "superb, warm and funny", "a delight from start to finish", "brilliant work by the whole cast"]

@@ -20,7 +20,6 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from ftlib.args import ImageDataArguments
 from ftlib.data import image as fimg
 from ftlib.data.image import (
     CorruptImageError,
@@ -38,7 +37,8 @@ from ftlib.data.image import (
     undecoded,
 )
 from ftlib.data.labels import MULTI, ensure_validation, infer_labels, prepare_splits
-from ftlib.trainer import FtTrainer
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.training.trainer import FtTrainer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HYMENOPTERA = SHARED / "data" / "hymenoptera"

@@ -27,7 +27,7 @@ from ftlib.data.token import (
     words_predictions,
     write_conll_predictions,
 )
-from ftlib.metrics import token_cls_metrics
+from ftlib.tasks.metrics import token_cls_metrics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

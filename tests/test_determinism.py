@@ -12,8 +12,10 @@ import torch
 from test_resume import sentiment_csv, update_difference, weights
 from transformers import TrainingArguments
 
-from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-from ftlib.cli import parse_args
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.training.arguments import ModelArguments
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,10 @@ import torch
 from datasets import Dataset, DatasetDict
 from test_flags import parse, recipe, write_csv
 
-from ftlib.args import ImageDataArguments, TextDataArguments, TokenDataArguments
 from ftlib.data.files import EMPTY_SHARE_LIMIT, check_empty_inputs, empty_rows
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.token_classification import TokenDataArguments
 
 
 def text_rows(n: int, empty: dict[int, str | None]) -> list[dict]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_flags import image_data, model_for, parse, recipe, text_data, token_data
 
-from ftlib.metrics import compute_metrics_fn, load_extra_metrics
+from ftlib.tasks.metrics import compute_metrics_fn, load_extra_metrics
 
 SAME = '''
 import datasets

@@ -19,14 +19,12 @@ import torch
 from PIL import Image
 from transformers import TrainingArguments
 
-from ftlib.args import (
-    FineTuneArguments,
-    ImageDataArguments,
-    ModelArguments,
-    TextDataArguments,
-    TokenDataArguments,
-)
-from ftlib.cli import parse_args
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.training.arguments import ModelArguments
 
 # Functions whose reads of an argument only report it (every field, whatever it does).
 REPORTING = {"strategy_summary", "_asdict_inner", "asdict", "__repr__", "__eq__", "astuple", "_astuple_inner",
@@ -209,7 +207,7 @@ def test_preprocessing_workers_tokenize_words_the_same(tiny_bert_dir):
 
 
 def test_class_weights_refused_for_regression():
-    from ftlib.trainer import class_weights_from_labels
+    from ftlib.training.trainer import class_weights_from_labels
 
     with pytest.raises(ValueError, match="--class_weights balanced: the labels are numbers"):
         class_weights_from_labels("balanced", [0.5, 1.5], 1, regression=True)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from ftlib.args import FineTuneArguments
-from ftlib.freezing import count_parameters, layers_to_freeze
-from ftlib.trainer import prepare_model
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.strategy.freezing import count_parameters, layers_to_freeze
+from ftlib.training.trainer import prepare_model
 
 EMB = r"bert\.embeddings\."
 BLOCK = r"bert\.encoder\.layer\.{}\."
@@ -79,7 +79,7 @@ def test_pooler_freezes_with_the_top_block(make_core_trainer):
 
 
 def test_layers_to_freeze_ids(core_bert_dir):
-    from ftlib.anatomy import find_anatomy
+    from ftlib.strategy.anatomy import find_anatomy
 
     anatomy = find_anatomy(AutoModelForSequenceClassification.from_pretrained(core_bert_dir))
     assert anatomy.num_blocks == 3

@@ -18,18 +18,16 @@ from test_flags import write_csv
 from transformers import TrainingArguments
 from transformers.trainer_utils import HPSearchBackend
 
-import ftlib.hp_search as hp
-import ftlib.trainer
-from ftlib.args import (
-    FineTuneArguments,
-    ImageDataArguments,
-    ModelArguments,
-    TextDataArguments,
-    TokenDataArguments,
-)
-from ftlib.cli import parse_args
-from ftlib.hub import files_to_push
-from ftlib.integrity import verify_manifest
+import ftlib.run.hp_search as hp
+import ftlib.training.trainer
+from ftlib.outputs.hub import files_to_push
+from ftlib.outputs.integrity import verify_manifest
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.training.arguments import ModelArguments
 
 TEXT = (ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments)
 
@@ -167,7 +165,7 @@ def test_a_pruned_trial_stops_at_that_evaluation(make_core_trainer, core_data):
 def built(monkeypatch) -> list:
     """Every model the recipe prepared and the rates of every optimizer built: one per trial, then the final."""
     calls: list = []
-    prepare, groups = ftlib.trainer.prepare_model, ftlib.trainer.build_param_groups
+    prepare, groups = ftlib.training.trainer.prepare_model, ftlib.training.trainer.build_param_groups
 
     def recorded_prepare(model, ft_args, task_type=None):
         # the model itself, not its id: a freed model's id can be reused by the next one
@@ -179,7 +177,7 @@ def built(monkeypatch) -> list:
         return groups(model, anatomy, lr, head_lr=head_lr, layer_decay=layer_decay, **kwargs)
 
     monkeypatch.setattr(text_cls, "prepare_model", recorded_prepare)
-    monkeypatch.setattr(ftlib.trainer, "build_param_groups", recorded_groups)
+    monkeypatch.setattr(ftlib.training.trainer, "build_param_groups", recorded_groups)
     return calls
 
 
@@ -369,13 +367,13 @@ def test_a_notebook_search_with_its_own_trainer_function(core_bert_dir, core_dat
 def test_the_final_training_resumes_after_a_finished_search(tiny_bert_dir, tmp_path, monkeypatch):
     """Killed during the final training: the same command again runs no trial, takes the best values from the
     study, finds them equal to the checkpoint's config.yaml, and resumes from the checkpoint."""
-    import ftlib.run
+    import ftlib.run.steps
 
     train = write_csv(tmp_path / "train.csv", text_rows())
     out = tmp_path / "out"
     argv = text_argv(tiny_bert_dir, train, out, "--hp_search", 2, "--hp_search_prune", "false",
                      "--save_strategy", "steps", "--save_steps", 2)
-    real_step, real_train, real_trial = ftlib.trainer.FtTrainer.training_step, ftlib.run.train, hp.run_trial
+    real_step, real_train, real_trial = ftlib.training.trainer.FtTrainer.training_step, ftlib.run.steps.train, hp.run_trial
     trials, resumed_from = [], []
 
     def crash_in_the_final_training(self, model, inputs, num_items_in_batch=None):
@@ -383,8 +381,8 @@ def test_the_final_training_resumes_after_a_finished_search(tiny_bert_dir, tmp_p
             raise MachineGone
         return real_step(self, model, inputs, num_items_in_batch)
 
-    monkeypatch.setattr(ftlib.trainer.FtTrainer, "training_step", crash_in_the_final_training)
-    monkeypatch.setattr(ftlib.run, "train", lambda trainer, resume, config: resumed_from.append(resume)
+    monkeypatch.setattr(ftlib.training.trainer.FtTrainer, "training_step", crash_in_the_final_training)
+    monkeypatch.setattr(ftlib.run.steps, "train", lambda trainer, resume, config: resumed_from.append(resume)
                         or real_train(trainer, resume, config))
     monkeypatch.setattr(hp, "run_trial", lambda trial, **kw: trials.append(trial.number) or real_trial(trial, **kw))
     with pytest.raises(MachineGone):
@@ -392,7 +390,7 @@ def test_the_final_training_resumes_after_a_finished_search(tiny_bert_dir, tmp_p
     assert trials == [0, 1] and (out / "checkpoint-2" / "config.yaml").is_file()
     assert (out / "checkpoint-2" / "config.yaml").read_text() == (out / "config.yaml").read_text()
 
-    monkeypatch.setattr(ftlib.trainer.FtTrainer, "training_step", real_step)
+    monkeypatch.setattr(ftlib.training.trainer.FtTrainer, "training_step", real_step)
     run_text(argv)
     assert trials == [0, 1] and resumed_from == [None, str(out / "checkpoint-2")]
     state = json.loads((out / "trainer_state.json").read_text())

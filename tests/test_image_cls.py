@@ -24,12 +24,14 @@ from transformers import (
     TrainingArguments,
 )
 
-from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments
-from ftlib.cli import parse_args
 from ftlib.data import image as fimg
 from ftlib.data.image import CorruptImageError, default_num_workers
-from ftlib.hub import files_to_push
-from ftlib.small_data import MODEL_NAMES
+from ftlib.outputs.hub import files_to_push
+from ftlib.run.cli import parse_args
+from ftlib.run.head_only import MODEL_NAMES
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.training.arguments import ModelArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs" / "image_cls").glob("*.yaml"))
@@ -332,7 +334,7 @@ def test_compare_head_only_keeps_the_model_that_scores_better_on_validation(winn
 def test_compare_head_only_small_runs_only_on_sets_the_budget_lengthens():
     from types import SimpleNamespace
 
-    from ftlib.small_data import wants_probe
+    from ftlib.run.head_only import wants_probe
 
     small, large = (SimpleNamespace(lengthened_by_budget=flag, eval_dataset=[0]) for flag in (True, False))
     assert wants_probe(small, FineTuneArguments(compare_head_only="small"))
@@ -342,7 +344,7 @@ def test_compare_head_only_small_runs_only_on_sets_the_budget_lengthens():
     # 'small' steps aside for flags that make a comparison meaningless; 'yes' refuses them
     assert not wants_probe(small, FineTuneArguments(compare_head_only="small", lora=True))
     sharded = SimpleNamespace(lengthened_by_budget=True, eval_dataset=[0], is_fsdp_enabled=True)
-    assert not wants_probe(sharded, FineTuneArguments(compare_head_only="small"))  # 'yes': ftlib.launch refuses
+    assert not wants_probe(sharded, FineTuneArguments(compare_head_only="small"))  # 'yes': ftlib.run.launch refuses
     assert not wants_probe(SimpleNamespace(lengthened_by_budget=True, eval_dataset=None),
                            FineTuneArguments(compare_head_only="yes"))
 
@@ -368,7 +370,7 @@ FT, PROBE = "fine_tuned", "head_only"
     ({"eval_accuracy": 0.5, "eval_loss": 0.7}, {"eval_accuracy": 0.5, "eval_loss": 0.7}, "eval_accuracy", True, FT),
 ])
 def test_choose_model_on_validation(fine_tuned, probed, metric, greater, kept):
-    from ftlib.small_data import choose_model
+    from ftlib.run.head_only import choose_model
 
     assert choose_model(fine_tuned, probed, metric, greater)[0] == kept
 

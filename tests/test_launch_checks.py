@@ -23,12 +23,11 @@ from test_resume import sentiment_csv
 from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
-from ftlib import launch
-from ftlib.args import FineTuneArguments
-from ftlib.hub import files_to_push
-from ftlib.integrity import IGNORED, verify_manifest, write_manifest
-from ftlib.launch import check_launch
-from ftlib.outputs import (
+from ftlib.outputs.hub import files_to_push
+from ftlib.outputs.integrity import IGNORED, verify_manifest, write_manifest
+from ftlib.run import launch
+from ftlib.run.launch import check_launch
+from ftlib.run.output_dir import (
     FINISHED_MARKERS,
     LOCK_FILE,
     check_not_in_use,
@@ -36,6 +35,7 @@ from ftlib.outputs import (
     prepare_output_dir,
     release_output_dir,
 )
+from ftlib.strategy.arguments import FineTuneArguments
 
 FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
 FSDP1 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_USE_ORIG_PARAMS": "false"}
@@ -100,7 +100,7 @@ STRATEGY_CASES = [  # (env, strategy, refusal or None)
     (ZERO2, {"head_warmup_steps": 0.1}, "^--head_warmup_steps works with single-device and DDP runs"),
     (FSDP2, {"lr_find": True}, "^--lr_find works with single-device and DDP runs, not FSDP or DeepSpeed"),
     (ZERO3, {"compare_head_only": "yes"}, "^--compare_head_only yes works with single-device and DDP runs"),
-    (FSDP2, {"compare_head_only": "small"}, None),  # the image recipe's default steps aside there (ftlib.small_data)
+    (FSDP2, {"compare_head_only": "small"}, None),  # the image recipe's default steps aside there (ftlib.strategy.small_data)
     (FSDP2, {"probe_first": "yes"}, "^--probe_first yes works with single-device and DDP runs, not FSDP or DeepSpeed"),
     (ZERO2, {"probe_first": "small"}, None),  # steps aside there too (FtTrainer.wants_probe_first)
     # sharded weights are gathered for the final save, and the merge is done from them (tests/test_sharded_save.py)
@@ -135,7 +135,7 @@ def test_deepspeed_without_its_package_is_refused(two_gpus, tmp_path):
     """A DeepSpeed launch (accelerate config, or --deepspeed) on GPUs without the deepspeed package (not installed
     here): refused naming the fix, before anything loads; --deepspeed is refused while parsing, where
     TrainingArguments would otherwise stop with a version-check traceback."""
-    from ftlib.cli import ConfigError, parse_args
+    from ftlib.run.cli import ConfigError, parse_args
 
     assert not launch._deepspeed_installed()
     fix = ("asks for DeepSpeed, but the deepspeed package is not installed: pip install deepspeed (it builds against "
@@ -198,7 +198,7 @@ def test_more_engine_processes_than_gpus_are_refused(two_gpus):
 # --- the output-directory lock, in-process against a real second process -----------------------------------
 
 HOLDER = """import sys, time
-from ftlib.outputs import lock_output_dir
+from ftlib.run.output_dir import lock_output_dir
 lock_output_dir(sys.argv[1])
 print("locked", flush=True)
 time.sleep(600)
@@ -289,7 +289,7 @@ def test_a_run_that_finished_meanwhile_stops_the_next_before_any_tracker_writes(
     finished model stays byte-identical."""
     from test_text_cls import run as run_text_cls
 
-    from ftlib import run as ftrun
+    from ftlib.run import steps as ftrun
 
     out = tmp_path / "out"
     argv = [str(a) for a in recipe_flags(command(tiny_bert_dir, data, out, 1))[1:]] + ["--report_to", "tensorboard"]

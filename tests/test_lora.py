@@ -11,8 +11,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from ftlib.args import FineTuneArguments
-from ftlib.lora import apply_lora, default_target_modules, save_lora
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.strategy.lora import apply_lora, default_target_modules, save_lora
 
 R, HIDDEN, LAYERS, LABELS = 4, 32, 3, 2
 PER_MODULE = R * HIDDEN + HIDDEN * R  # lora_A (r x in) + lora_B (out x r), query and value are 32 -> 32
@@ -47,7 +47,7 @@ def test_defaults_per_architecture(core_bert_dir):
 
 
 def test_lora_trains_only_adapters_and_head(make_core_trainer, core_bert_dir, core_data, caplog, tmp_path):
-    caplog.set_level(logging.INFO, logger="ftlib.trainer")
+    caplog.set_level(logging.INFO, logger="ftlib.training.trainer")
     trainer = make_core_trainer(FineTuneArguments(**LORA), task_type="SEQ_CLS", max_steps=4)
     plain = AutoModelForSequenceClassification.from_pretrained(core_bert_dir)
     base_total = sum(p.numel() for p in plain.parameters())
@@ -90,7 +90,7 @@ def test_lora_trains_only_adapters_and_head(make_core_trainer, core_bert_dir, co
 
 
 def test_lora_with_freeze_lower_blocks_freezes_their_adapters(make_core_trainer, caplog):
-    caplog.set_level(logging.INFO, logger="ftlib.trainer")
+    caplog.set_level(logging.INFO, logger="ftlib.training.trainer")
     trainer = make_core_trainer(FineTuneArguments(freeze_lower_blocks=2, **LORA), task_type="SEQ_CLS")
     expected = 2 * PER_MODULE + HEAD  # the top block's adapters and the head
     assert re.search(rf"trainable parameters: {expected:,} of ", caplog.text)
@@ -125,7 +125,7 @@ def test_lora_with_layer_decay_groups(make_core_trainer):
 
 
 def test_bad_target_modules_name_the_flag(core_bert_dir):
-    from ftlib.anatomy import find_anatomy
+    from ftlib.strategy.anatomy import find_anatomy
 
     model = AutoModelForSequenceClassification.from_pretrained(core_bert_dir)
     with pytest.raises(ValueError, match="--lora_target_modules"):

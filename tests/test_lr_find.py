@@ -1,4 +1,4 @@
-"""The learning-rate range test (issue 12, part 3): ``ftlib.lr_find.lr_find`` and every recipe's ``--lr_find``.
+"""The learning-rate range test (issue 12, part 3): ``ftlib.run.lr_find.lr_find`` and every recipe's ``--lr_find``.
 
 The known-answer problem: least squares on the rows of an 8x8 Hadamard matrix H (H^T H = 8 I), one copy of H per
 batch of 8 (sequential sampling) with fresh noise on the targets. Each batch's loss is ``|w - w*|^2 + noise``: its
@@ -21,8 +21,7 @@ from test_flags import DATA, model_for, parse, recipe
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from ftlib.args import FineTuneArguments
-from ftlib.lr_find import (
+from ftlib.run.lr_find import (
     LRFindResult,
     lr_find,
     plot_destination,
@@ -31,6 +30,7 @@ from ftlib.lr_find import (
     suggest_learning_rate,
     suggested_flags,
 )
+from ftlib.strategy.arguments import FineTuneArguments
 
 
 @pytest.fixture(autouse=True)
@@ -252,7 +252,7 @@ def test_lr_find_flags_are_checked(tmp_path):
         FineTuneArguments(lr_find=True, lr_find_start=1e-2, lr_find_end=1e-3)
     with pytest.raises(ValueError, match="--lr_find_steps must be >= 10"):
         FineTuneArguments(lr_find=True, lr_find_steps=3)
-    from ftlib.trainer import check_strategy_args
+    from ftlib.training.trainer import check_strategy_args
 
     args = TrainingArguments(str(tmp_path), resume_from_checkpoint="somewhere", report_to="none")
     with pytest.raises(ValueError, match="--lr_find trains nothing.*--resume_from_checkpoint"):

@@ -113,7 +113,7 @@ def test_two_processes_match_one(tiny_bert_no_dropout_dir, data, tmp_path, recip
     # every rank saved its own RNG state in the checkpoints (what an exact resume needs)
     assert {p.name for p in (tmp_path / "two" / f"checkpoint-{MAX_STEPS}").glob("rng_state*")} == {
         "rng_state_0.pth", "rng_state_1.pth"}
-    # the final save took the weights from accelerate's gathering, called on both ranks (ftlib.run.save_model)
+    # the final save took the weights from accelerate's gathering, called on both ranks (ftlib.run.steps.save_model)
     for process, ranks in ((two, (0, 1)), (one, (0,))):
         for rank in ranks:
             lines = (process.record_dir / f"get_state_dict.rank{rank}.jsonl").read_text().splitlines()

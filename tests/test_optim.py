@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from ftlib.args import FineTuneArguments
-from ftlib.optim import resolve_optimizer
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.strategy.optim import resolve_optimizer
 
 BASE, HEAD, DECAY, N_BLOCKS = 1e-3, 4e-3, 0.5, 3
 # block k from the top gets BASE * DECAY**k, the embeddings one step below the lowest block

@@ -19,20 +19,18 @@ from test_text_cls import NEGATIVE, POSITIVE, sentiment_rows, write_csv
 from test_token_cls import ONE_RATE, long_sentence, sentence, write_conll
 from transformers import TrainingArguments
 
-from ftlib import predict as fpredict
-from ftlib.args import (
-    FineTuneArguments,
-    ImageDataArguments,
-    ModelArguments,
-    TextDataArguments,
-    TokenDataArguments,
-)
-from ftlib.cli import parse_args
 from ftlib.data.image import CorruptImageError
 from ftlib.data.token import read_conll
-from ftlib.integrity import verify_manifest
-from ftlib.predict import PredictError, predict
-from ftlib.thresholds import best_threshold, thresholds_wanted, tune_thresholds
+from ftlib.outputs import predict as fpredict
+from ftlib.outputs.integrity import verify_manifest
+from ftlib.outputs.predict import PredictError, predict
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.thresholds import best_threshold, thresholds_wanted, tune_thresholds
+from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.training.arguments import ModelArguments
 
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true", "--dataloader_pin_memory", "false",
          "--seed", "0", "--report_to", "none"]
@@ -213,7 +211,7 @@ def test_folders_that_are_not_models(tmp_path, core_bert_dir, capsys):
 
 def test_console_script_is_registered():
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
-    assert scripts.get("ftlib-predict") == "ftlib.predict:main"
+    assert scripts.get("ftlib-predict") == "ftlib.outputs.predict:main"
 
 
 # -- LoRA: adapter and merged, pairs of texts ---------------------------------------------------------------------

@@ -13,8 +13,8 @@ from conftest import FakeHfApi
 from huggingface_hub.errors import HfHubHTTPError
 from test_text_cls import base_argv, run, sentiment_rows, write_csv
 
-from ftlib import hub
-from ftlib.integrity import MANIFEST, verify_manifest, write_manifest
+from ftlib.outputs import hub
+from ftlib.outputs.integrity import MANIFEST, verify_manifest, write_manifest
 
 SECRET = "hf_" + "SeCrEt" * 6
 

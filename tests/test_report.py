@@ -1,5 +1,5 @@
-"""The training report (ftlib.report): each figure's data against log_history / predictions, the PNGs, the model
-card, ftlib-report, and the per-group learning rates in log_history and TensorBoard (ftlib.tracking)."""
+"""The training report (ftlib.outputs.report): each figure's data against log_history / predictions, the PNGs, the model
+card, ftlib-report, and the per-group learning rates in log_history and TensorBoard (ftlib.training.tracking)."""
 
 import json
 import math
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from test_text_cls import base_argv, run, sentiment_rows, write_csv
 
-from ftlib import report
-from ftlib.tracking import group_key
+from ftlib.outputs import report
+from ftlib.tasks.metrics import per_class_metric
+from ftlib.training.tracking import group_key
 
 LOGS = [
     {"loss": 1.0, "grad_norm": 3.0, "learning_rate": 1e-3, "lr/head": 1e-3, "lr/block_2": 5e-4, "unfreeze/stage": 1,
@@ -106,8 +107,8 @@ def test_token_word_values_and_entity_scores():
 def test_per_class_metrics_leave_the_card_table():
     per_class = ["eval_f1_pos", "eval_precision_neg", "test_PER_recall", "eval_LOC_support"]
     headline = ["eval_accuracy", "eval_macro_f1", "eval_f1", "eval_micro_f1", "eval_loss", "test_precision"]
-    assert all(report.per_class_metric(k) for k in per_class)
-    assert not any(report.per_class_metric(k) for k in headline)
+    assert all(per_class_metric(k) for k in per_class)
+    assert not any(per_class_metric(k) for k in headline)
 
 
 def test_a_run_without_evaluation_still_gets_its_training_curves(tmp_path):
@@ -250,7 +251,7 @@ def test_image_run_report_has_confusion_and_thumbnail_grid(tiny_vit_dir, tmp_pat
 def test_model_card_metadata_names_hub_ids_only(tmp_path):
     from huggingface_hub import ModelCard
 
-    from ftlib import hub
+    from ftlib.outputs import hub
 
     local = tmp_path / "my-checkpoint"
     local.mkdir()

@@ -194,7 +194,7 @@ def test_last_complete_checkpoint_skips_half_written_ones(tmp_path):
     """Trainer writes a checkpoint in place, trainer_state.json last: a folder without it (or with a truncated
     one) is a save that was killed, and resuming from it would fail; with several processes, one without every
     rank's RNG state would resume inexactly."""
-    from ftlib.outputs import last_complete_checkpoint, prepare_output_dir
+    from ftlib.run.output_dir import last_complete_checkpoint, prepare_output_dir
 
     for step, state in ((4, '{"global_step": 4}'), (6, '{"global_step": 6}'), (8, '{"global_st'), (10, None)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -221,7 +221,7 @@ def test_last_complete_checkpoint_skips_half_written_ones(tmp_path):
 def test_length_grouped_order_depends_on_the_epoch_only():
     """Trainer's length-grouped sampler shuffles with the global RNG, so a run resumed in epoch k > 0
     replays epoch 0's order (seen in the kill tests before the fix); FtTrainer's is seeded by seed + epoch."""
-    from ftlib.trainer import EpochSeededLengthGroupedSampler
+    from ftlib.training.trainer import EpochSeededLengthGroupedSampler
 
     lengths = [5, 9, 3, 7, 8, 2, 6, 4, 10, 1, 12, 11] * 2
     sampler = EpochSeededLengthGroupedSampler(4, lengths=lengths, seed=3)
@@ -245,8 +245,8 @@ def test_kill_at_every_file_of_the_final_save(tiny_bert_dir, data, tmp_path, rec
     report, the manifest and its rename), the output is visibly unfinished (no manifest; ftlib-verify says so in
     one line) and the same command resumes from the last complete checkpoint, redoes the final save, and ends
     with a manifest that verifies and the uninterrupted run's weights, bit for bit."""
-    from ftlib import integrity
-    from ftlib.outputs import FINISHED_MARKERS
+    from ftlib.outputs import integrity
+    from ftlib.run.output_dir import FINISHED_MARKERS
 
     ref, out = tmp_path / "ref", tmp_path / "out"
     recipe_process(recipe_command(tiny_bert_dir, data, ref), tmp_path / "rec-ref").wait()

@@ -14,9 +14,9 @@ import torch
 import yaml
 from test_text_cls import base_argv, run, sentiment_rows, write_csv
 
-from ftlib.cli import ConfigError, config_changes
-from ftlib.hub import files_to_push
-from ftlib.outputs import FINISHED_MARKERS
+from ftlib.outputs.hub import files_to_push
+from ftlib.run.cli import ConfigError, config_changes
+from ftlib.run.output_dir import FINISHED_MARKERS
 
 # 32 rows, batch 8: 4 steps an epoch; the first run stops after checkpoint-4 (layer decay 0.5: every group its own lr)
 FIRST = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",

@@ -3,7 +3,7 @@ unless asked, a Hub token in no file and no log, an integrity manifest that catc
 output directory and in a downloaded Hub snapshot), and an unusable output directory caught before training.
 
 About ``training_args.bin``: Trainer pickles its ``TrainingArguments`` there (and into each checkpoint). It
-holds arguments, not weights; ftlib never loads it, it is never pushed (``ftlib.hub.NOT_PUSHED``), and the
+holds arguments, not weights; ftlib never loads it, it is never pushed (``ftlib.outputs.hub.NOT_PUSHED``), and the
 token is taken off the arguments before it is written. The test below checks that the pickle references
 only argument classes and holds no token; the other pickles Trainer writes for resuming (optimizer,
 scheduler, RNG state) must load with ``torch.load(weights_only=True)``.
@@ -27,10 +27,12 @@ import torch
 from test_resume import sentiment_csv
 from transformers import TrainingArguments
 
-from ftlib import integrity
-from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-from ftlib.cli import parse_args
-from ftlib.hub import files_to_push
+from ftlib.outputs import integrity
+from ftlib.outputs.hub import files_to_push
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.training.arguments import ModelArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ARG = "hf_" + "FromTheCommandLine" + "x7Q2" * 4
@@ -152,7 +154,7 @@ def test_torch_load_in_ftlib_passes_weights_only_true():
 
 
 def test_trust_remote_code_off_by_default_and_passed_through(monkeypatch):
-    from ftlib import modeling
+    from ftlib.training import modeling
 
     model_args, *_ = parse_args((ModelArguments, TextDataArguments, FineTuneArguments, TrainingArguments),
                                 ["--model_name_or_path", "some/model", "--train_file", "x.csv"])

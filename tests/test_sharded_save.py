@@ -1,4 +1,4 @@
-"""The final save goes through Accelerate's gathering of the weights (issue 11 item 2): ``ftlib.run.save_model``
+"""The final save goes through Accelerate's gathering of the weights (issue 11 item 2): ``ftlib.run.steps.save_model``
 takes the full model, the LoRA adapter and the merged model from ``accelerator.get_state_dict``, called on every
 process, so that under FSDP and DeepSpeed ZeRO-3 (each process holding a shard) the main process writes a whole
 model.
@@ -25,9 +25,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from test_multiprocess import command, free_port
 
-from ftlib.args import FineTuneArguments
-from ftlib.lora import save_lora
-from ftlib.run import save_model
+from ftlib.run.steps import save_model
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.strategy.lora import save_lora
 
 LORA = {"lora": True, "lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0}
 MODES = {"full": {}, "adapter": {**LORA, "lora_save": "adapter"}, "merged": {**LORA, "lora_save": "merged"}}
@@ -35,7 +35,7 @@ WEIGHTS = {"full": "model.safetensors", "adapter": "adapter_model.safetensors", 
 
 
 def previous_save_model(trainer, ft_args) -> None:
-    """``ftlib.run.save_model`` before the gathering (what single-process and DDP runs must keep saving)."""
+    """``ftlib.run.steps.save_model`` before the gathering (what single-process and DDP runs must keep saving)."""
     output_dir = trainer.args.output_dir
     if ft_args.lora and trainer.is_world_process_zero():
         save_lora(trainer.accelerator.unwrap_model(trainer.model), output_dir, merged=ft_args.lora_save == "merged")
@@ -127,7 +127,7 @@ def test_saved_weights_are_the_gathered_ones(make_core_trainer, tmp_path, monkey
 
 FSDP_WORKER = r'''
 """Rank 0 saves the unsharded reference with the previous save; then the models are sharded by FSDP2 over both
-processes (gloo, CPU) and ftlib.run.save_model saves them through accelerate's FSDP2 gathering branch."""
+processes (gloo, CPU) and ftlib.run.steps.save_model saves them through accelerate's FSDP2 gathering branch."""
 import copy, json, os, sys
 from pathlib import Path
 
@@ -137,9 +137,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
-from ftlib.args import FineTuneArguments
-from ftlib.run import save_model
-from ftlib.trainer import prepare_model
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.run.steps import save_model
+from ftlib.training.trainer import prepare_model
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 LORA = json.loads(sys.argv[3])

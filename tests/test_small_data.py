@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
-from ftlib.anatomy import find_anatomy
-from ftlib.args import FineTuneArguments
-from ftlib.small_data import AVERAGE_FILE, budget_epochs, reinit_top_blocks
+from ftlib.strategy.anatomy import find_anatomy
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.strategy.small_data import AVERAGE_FILE, budget_epochs, reinit_top_blocks
 
 HEAD = 4  # layer ids: 0 embeddings, 1..3 blocks, 4 head
 
@@ -197,7 +197,7 @@ def _tiny_resnet_trainer(tmp_path, ft_args: FineTuneArguments, steps: int = 3):
     from datasets import Dataset
     from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
 
-    from ftlib.trainer import FtTrainer, prepare_model
+    from ftlib.training.trainer import FtTrainer, prepare_model
 
     torch.manual_seed(0)
     config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
@@ -252,7 +252,7 @@ def test_training_batch_norm_statistics_follow_the_data_with_the_momentum_asked(
 def test_batch_norm_settings_are_checked():
     with pytest.raises(ValueError, match="--batch_norm_momentum must be in"):
         FineTuneArguments(batch_norm_momentum=1.5)
-    from ftlib.small_data import set_batch_norm
+    from ftlib.strategy.small_data import set_batch_norm
 
     with pytest.raises(ValueError, match="batch norm mode"):
         set_batch_norm(torch.nn.BatchNorm1d(2), "recalibrate")

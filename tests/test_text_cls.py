@@ -11,9 +11,11 @@ import pytest
 import text_cls
 from transformers import AutoConfig, TrainingArguments
 
-from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
-from ftlib.cli import parse_args
-from ftlib.integrity import verify_manifest
+from ftlib.outputs.integrity import verify_manifest
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.training.arguments import ModelArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 POSITIVE = ["a wonderful and moving film", "great acting and a clever plot", "I loved every minute of it",
@@ -229,7 +231,7 @@ def test_bad_inputs_fail_before_training_and_keep_earlier_results(tiny_bert_dir,
 def test_finished_output_dir_is_not_overwritten(tiny_bert_dir, tmp_path, finished_dir):
     """Model files and their manifest: finished, refused. Model files without a manifest and no checkpoint to
     resume from (a final save cut short, or an output older than manifests): refused as unfinished (issue 11 item 5)."""
-    from ftlib.integrity import write_manifest
+    from ftlib.outputs.integrity import write_manifest
 
     train = write_csv(tmp_path / "train.csv", sentiment_rows(1))
     before = snapshot(finished_dir)

@@ -13,11 +13,13 @@ from datasets import ClassLabel, Dataset, Features, Value
 from datasets import Sequence as HfSequence
 from transformers import AutoConfig, TrainingArguments
 
-from ftlib.args import FineTuneArguments, ModelArguments, TokenDataArguments
-from ftlib.cli import parse_args
 from ftlib.data.token import read_conll
-from ftlib.integrity import verify_manifest
-from ftlib.metrics import token_cls_metrics
+from ftlib.outputs.integrity import verify_manifest
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.metrics import token_cls_metrics
+from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.training.arguments import ModelArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs" / "token_cls").glob("*.yaml"))
@@ -329,7 +331,7 @@ def _token_trainer(model_dir, tmp_path, normalizer, class_weights=None, rows=Non
         DataCollatorForTokenClassification,
     )
 
-    from ftlib.trainer import FtTrainer, prepare_model
+    from ftlib.training.trainer import FtTrainer, prepare_model
 
     torch.manual_seed(0)
     model = AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=3)
@@ -367,7 +369,7 @@ def test_per_token_loss_weighs_every_token_the_same(tiny_bert_no_dropout_dir, tm
     import torch
     import torch.nn.functional as F
 
-    from ftlib.trainer import class_weights_from_labels, labelled_tokens_per_batch
+    from ftlib.training.trainer import class_weights_from_labels, labelled_tokens_per_batch
 
     rows = _token_rows()
     labels = [r["labels"].tolist() for r in rows]
@@ -405,7 +407,7 @@ def test_per_token_loss_weighs_every_token_the_same(tiny_bert_no_dropout_dir, tm
 def test_per_token_loss_is_the_same_update_under_gradient_accumulation(tiny_bert_no_dropout_dir, tmp_path):
     """One SGD step on the 4 rows: batch 4, or 2 micro-batches of 2 accumulated; the constant is per micro-batch
     (24 and 12 tokens) and Trainer divides by the accumulation steps, so the weights move the same."""
-    from ftlib.trainer import labelled_tokens_per_batch
+    from ftlib.training.trainer import labelled_tokens_per_batch
 
     labels = [r["labels"].tolist() for r in _token_rows()]
     after = []
@@ -424,7 +426,7 @@ def test_token_loss_is_the_same_update_8x1_and_4x2(tiny_bert_no_dropout_dir, tmp
     """Eight sentences of 1 to 10 labelled tokens, one SGD step: batch 8, or 2 micro-batches of 4 accumulated
     (11 and 29 labelled tokens). Per-token loss (class-weighted or not): the constant of a step is the same either
     way. Class weights without it: a weighted mean over all the step's tokens, not a mean of the micro-batches'."""
-    from ftlib.trainer import class_weights_from_labels, labelled_tokens_per_batch
+    from ftlib.training.trainer import class_weights_from_labels, labelled_tokens_per_batch
 
     rows = _token_rows((2, 1, 3, 5, 10, 7, 4, 8))
     labels = [r["labels"].tolist() for r in rows]

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from transformers import AutoModelForSequenceClassification, TrainerCallback, TrainingArguments
 
-from ftlib import hub, integrity, metrics
-from ftlib.args import FineTuneArguments
-from ftlib.outputs import prepare_output_dir
-from ftlib.trainer import check_strategy_args, class_weights_from_labels
+from ftlib.outputs import hub, integrity
+from ftlib.run.output_dir import prepare_output_dir
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks import metrics
+from ftlib.training.trainer import check_strategy_args, class_weights_from_labels
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
@@ -278,7 +279,7 @@ def test_decode_logits_confusion_and_defaults():
 
 
 def test_finished_output_dir_refused_and_kept(tmp_path):
-    from ftlib.integrity import MANIFEST, write_manifest
+    from ftlib.outputs.integrity import MANIFEST, write_manifest
 
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "config.json").write_text("{}")
@@ -506,7 +507,7 @@ def test_soft_targets_with_class_weights_are_a_weighted_mean(make_core_trainer, 
 
 def test_resume_from_last_step_mid_epoch_trains_nothing(make_core_trainer, tmp_path):
     # 16 rows, batch 4: step 6 is mid-epoch; Trainer alone would take a step 7 (issue 11 item 5)
-    from ftlib.args import FineTuneArguments
+    from ftlib.strategy.arguments import FineTuneArguments
 
     full = make_core_trainer(FineTuneArguments(), max_steps=6, save_strategy="steps", save_steps=6)
     full.train()

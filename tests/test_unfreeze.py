@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from ftlib.anatomy import find_anatomy
-from ftlib.args import FineTuneArguments
-from ftlib.unfreeze import GradualUnfreezeCallback, unfreeze_stages
+from ftlib.strategy.anatomy import find_anatomy
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.strategy.unfreeze import GradualUnfreezeCallback, unfreeze_stages
 
 HEAD, TOP = 4, 3  # layer ids: 0 embeddings, 1..3 blocks, 4 head
 # Trainable layers at each stage with one block per stage; the embeddings thaw with the lowest block.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ftlib.cache import build_once, cache_root
+from ftlib.core.cache import build_once, cache_root
 
 DEFAULT_SIZE = 32
 TEST_FRACTION = 0.2
@@ -26,7 +26,7 @@ def export_digits(root: str | Path | None = None, size: int = DEFAULT_SIZE) -> P
     """Write the digits as ``root/{train,test}/<digit>/<index>.png`` (``size`` x ``size``) once; return ``root``.
 
     An existing complete export is reused. The folder is written under a temporary name beside ``root`` and renamed
-    into place (:func:`ftlib.cache.build_once`), so concurrent callers and a killed export never leave a
+    into place (:func:`ftlib.core.cache.build_once`), so concurrent callers and a killed export never leave a
     half-written folder that passes as complete.
     """
     root = Path(root) if root is not None else cache_root() / f"sklearn-digits-{size}px"

@@ -96,7 +96,7 @@ def _digits_folder() -> Path:
     return export_digits()
 
 
-# Image folders that are built offline on first use, by short name (as ftlib.checkpoints does for models).
+# Image folders that are built offline on first use, by short name (as ftlib.training.checkpoints does for models).
 OFFLINE_IMAGE_FOLDERS: dict[str, Callable[[], Path]] = {"sklearn-digits": _digits_folder}
 
 

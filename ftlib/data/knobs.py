@@ -1,6 +1,6 @@
 """Augmentation presets and knobs: names, values and their validation, without torch or torchvision.
 
-:class:`ftlib.args.ImageDataArguments` checks ``--augmentation`` / ``--augmentation_knobs`` with
+:class:`ftlib.tasks.image_classification.ImageDataArguments` checks ``--augmentation`` / ``--augmentation_knobs`` with
 :func:`check_knobs` when the arguments are parsed; :mod:`ftlib.data.image` builds the transforms from them.
 """
 

@@ -15,7 +15,7 @@ Typical flow (what `recipes/token_cls.py` does)::
     windows = tokenize_dataset(raw["validation"], tokenizer, labels.label2id, max_length=256, stride=32)
     ...                                            # Trainer.predict(windows) -> logits
     pred_tags = words_predictions(logits.argmax(-1), windows, len(raw["validation"]), labels.id2label)
-    token_cls_metrics(raw["validation"]["tags"], pred_tags, scheme)  # ftlib.metrics
+    token_cls_metrics(raw["validation"]["tags"], pred_tags, scheme)  # ftlib.tasks.metrics
 """
 
 from __future__ import annotations

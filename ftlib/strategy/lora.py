@@ -1,0 +1,122 @@
+"""LoRA through peft: a config per architecture family, the task head trained and saved, adapter or merged saves."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from ftlib.strategy.anatomy import Anatomy
+
+# Attention projections per model_type (query + value, as in the LoRA paper). Families that are not
+# listed fall back to peft's "all-linear" (every Linear in the backbone except the output layer).
+DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"],
+    "albert": ["query", "value"],
+    "camembert": ["query", "value"],
+    "mpnet": ["q", "v"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "modernbert": ["Wqkv"],
+    # Vision transformers: transformers 5.x renamed their query / value to q_proj / v_proj; both spellings are
+    # listed so that either version is adapted (peft needs one name to match, not all).
+    "vit": ["query", "value", "q_proj", "v_proj"],
+    "deit": ["query", "value", "q_proj", "v_proj"],
+    "beit": ["query", "value", "q_proj", "v_proj"],
+    "swin": ["query", "value", "q_proj", "v_proj"],
+    "dinov2": ["query", "value", "q_proj", "v_proj"],
+    "convnext": ["pwconv1", "pwconv2"],
+    "efficientnet": ["expand_conv", "project_conv"],
+    "resnet": ["convolution"],
+}
+
+
+def default_target_modules(model: nn.Module) -> list[str] | str:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return DEFAULT_TARGET_MODULES.get(model_type, "all-linear")
+
+
+def apply_lora(
+    model: nn.Module,
+    anatomy: Anatomy,
+    *,
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.1,
+    target_modules: list[str] | None = None,
+    task_type: str | None = None,
+) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters; the task head (``anatomy.head``) trains in full and is saved with them."""
+    targets = target_modules or default_target_modules(model)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=list(anatomy.head),
+        task_type=task_type,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise ValueError(f"LoRA: {err} (set --lora_target_modules to module names of this model)") from None
+
+
+# Beside an adapter: the fine-tuned model's transformers config (labels, problem type, head architecture), which the
+# adapter files do not hold. Not config.json: transformers would then take the folder for a complete model and load
+# the base weights from it, finding none.
+TASK_CONFIG = "task_config.json"
+
+
+def save_lora(model: PeftModel, output_dir: str | Path, merged: bool, state_dict: dict | None = None) -> nn.Module:
+    """Save the adapter (``adapter_model.safetensors``, and :data:`TASK_CONFIG`) or the merged plain model;
+    returns what was saved. ``state_dict``: ``model``'s whole state dict, gathered from every process
+    (``accelerator.get_state_dict``); under FSDP or DeepSpeed ZeRO-3 each process holds only a shard of the
+    weights, so the saved ones are taken from it (the merge then works on a copy: ``model`` is left as it was)."""
+    if merged:
+        plain = model.merge_and_unload() if state_dict is None else merged_from_state_dict(model, state_dict)
+        plain.save_pretrained(output_dir)
+        return plain
+    model.save_pretrained(output_dir, state_dict=state_dict)  # peft picks the adapter and the head out of it
+    base = model.get_base_model()
+    config = copy.deepcopy(base.config)
+    config.architectures = [type(base).__name__]  # the head (save_pretrained records it so too)
+    config.to_json_file(Path(output_dir) / TASK_CONFIG, use_diff=False)
+    return model
+
+
+def merged_from_state_dict(model: PeftModel, state_dict: dict) -> nn.Module:
+    """The plain model that ``merge_and_unload`` would give, built from ``model``'s whole ``state_dict`` rather than
+    from ``model``'s own parameters (shards under FSDP / ZeRO-3): a twin of ``model`` is made on the meta device
+    (no memory, no initialisation), takes the state dict's tensors, and peft merges it as it would ``model``.
+    ``model`` is unchanged; the merged weights are copies, the others share the state dict's tensors."""
+    base = model.get_base_model()
+    with torch.device("meta"):
+        twin = type(base)(copy.deepcopy(base.config))
+    twin = get_peft_model(twin, copy.deepcopy(model.peft_config[model.active_adapter]))
+    # the merge adds into the adapted layers' weights in place: copies, where the state dict may be model's own tensors
+    tensors = {key: value.clone() if ".base_layer." in key else value for key, value in state_dict.items()}
+    twin.load_state_dict(tensors, strict=True, assign=True)  # strict: a missing or extra weight is an error
+    device = next(iter(tensors.values())).device
+    for name, buffer in list(twin.named_buffers()):  # buffers outside the state dict (position ids): model's own
+        if buffer.is_meta:
+            module, _, attr = name.rpartition(".")
+            twin.get_submodule(module)._buffers[attr] = model.get_buffer(name).detach().to(device, copy=True)
+    return twin.merge_and_unload()
+
+
+def load_task_config(adapter_dir: str | Path):
+    """The fine-tuned model's config saved beside an adapter (:data:`TASK_CONFIG`)."""
+    from transformers import CONFIG_MAPPING
+
+    path = Path(adapter_dir) / TASK_CONFIG
+    model_type = json.loads(path.read_text(encoding="utf-8"))["model_type"]
+    return CONFIG_MAPPING[model_type].from_json_file(path)
