@@ -40,7 +40,6 @@ from ftlib.data.image import (
     ImageTransform,
     MixupCutmix,
     build_transforms,
-    default_num_workers,
     image_collate,
     image_ids,
     load_image_data,
@@ -52,7 +51,6 @@ from ftlib.outputs.report import EvalExamples
 from ftlib.run.cli import parse_args
 from ftlib.run.cv import ClassColumns, plan_folds, row_folds
 from ftlib.run.steps import (
-    TRAINING_DEFAULTS,
     fit,
     predict,
     predict_test,
@@ -64,7 +62,7 @@ from ftlib.run.steps import (
     write_confusion_matrix,
 )
 from ftlib.strategy.arguments import FineTuneArguments
-from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.image_classification import TASK, ImageDataArguments
 from ftlib.tasks.metrics import compute_metrics_fn, decode_logits, default_metric
 from ftlib.tasks.thresholds import thresholds_wanted
 from ftlib.training.arguments import ModelArguments
@@ -74,26 +72,8 @@ from ftlib.training.trainer import FtTrainer, class_weights_from_labels, prepare
 
 logger = logging.getLogger("ftlib.image_cls")
 
-# Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
-RECIPE_DEFAULTS = {
-    **TRAINING_DEFAULTS,
-    "remove_unused_columns": False,  # the lazy transform needs the image column, which the model does not take
-    "dataloader_num_workers": default_num_workers(),  # decode and augment beside the training step
-    # The default strategy, chosen on bench/image_cls_hymenoptera.py: with the "light" augmentation preset
-    # (ImageDataArguments) it beat one learning rate without augmentation there (see the benchmark's docstring).
-    "learning_rate": 5e-4,
-    "warmup_steps": 0.1,  # a fraction of the steps: the new head settles before the body moves much
-    "layer_decay": 0.8,  # block k from the top learns at 0.8**k of the top block's rate
-    # Chosen on bench/image_suite.py (digits and hymenoptera subsets; README "Small data"): small sets get more
-    # epochs, and batch-norm layers keep their pretrained statistics (a new domain's batch statistics in training
-    # against ImageNet's running ones at evaluation cost digits 60 points).
-    "min_train_steps": 250,
-    "batch_norm": "frozen",
-    # On photos close to ImageNet with tens of images per class, leaving the pretrained body alone (a linear probe)
-    # beat fine-tuning it by 3-5 points on hymenoptera, while on digits the probe lost 16: so on small sets (those
-    # the budget lengthens) the recipe trains both and keeps the one the validation split prefers (README "Images").
-    "compare_head_only": "small",
-}
+# The task's default strategy (a config or the command line overrides it); in a notebook: TASK.strategy().
+RECIPE_DEFAULTS = TASK.defaults
 
 
 def main(

@@ -30,8 +30,6 @@ from ftlib.outputs.report import EvalExamples
 from ftlib.run.cli import parse_args
 from ftlib.run.cv import ClassColumns, plan_folds, row_folds
 from ftlib.run.steps import (
-    ENCODER_STRATEGY,
-    TRAINING_DEFAULTS,
     evaluate,
     fit,
     predict_test,
@@ -43,20 +41,15 @@ from ftlib.run.steps import (
 )
 from ftlib.strategy.arguments import FineTuneArguments
 from ftlib.tasks.metrics import compute_metrics_fn, default_metric
-from ftlib.tasks.text_classification import TextDataArguments
+from ftlib.tasks.text_classification import TASK, TextDataArguments
 from ftlib.tasks.thresholds import thresholds_wanted
 from ftlib.training.arguments import ModelArguments
 from ftlib.training.checkpoints import prepare_checkpoint, public_name
 from ftlib.training.modeling import load_config_for_labels, load_model, load_tokenizer
 from ftlib.training.trainer import FtTrainer, class_weights_from_labels, prepare_model
 
-# Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
-RECIPE_DEFAULTS = {
-    **TRAINING_DEFAULTS,
-    "train_sampling_strategy": "group_by_length",  # batches of similar length pad less
-    **ENCODER_STRATEGY,  # frozen embeddings, lr 1e-4, head 1e-3, layer decay 0.9, 10% warm-up, >= 250 steps
-    "num_train_epochs": 3,
-}
+# The task's default strategy (a config or the command line overrides it); in a notebook: TASK.strategy().
+RECIPE_DEFAULTS = TASK.defaults
 
 
 def main(

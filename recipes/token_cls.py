@@ -57,8 +57,6 @@ from ftlib.outputs.report import EvalExamples, argmax_with_probs
 from ftlib.run.cli import parse_args
 from ftlib.run.cv import Fold, TagColumns, plan_folds
 from ftlib.run.steps import (
-    ENCODER_STRATEGY,
-    TRAINING_DEFAULTS,
     fit,
     predict,
     publish,
@@ -68,7 +66,7 @@ from ftlib.run.steps import (
 )
 from ftlib.strategy.arguments import FineTuneArguments
 from ftlib.tasks.metrics import WordMetrics
-from ftlib.tasks.token_classification import TokenDataArguments
+from ftlib.tasks.token_classification import TASK, TokenDataArguments
 from ftlib.training.arguments import ModelArguments
 from ftlib.training.checkpoints import prepare_checkpoint, public_name
 from ftlib.training.modeling import load_config_for_labels, load_model, load_tokenizer
@@ -79,13 +77,8 @@ from ftlib.training.trainer import (
     prepare_model,
 )
 
-# Defaults of this recipe that differ from TrainingArguments' (a config or the command line overrides them).
-RECIPE_DEFAULTS = {
-    **TRAINING_DEFAULTS,
-    "train_sampling_strategy": "group_by_length",  # batches of similar length pad less
-    # the text recipe's strategy, chosen again on CoNLL-2003 subsets of 100 and 1,000 sentences (bench/token_suite.py)
-    **ENCODER_STRATEGY,
-}
+# The task's default strategy (a config or the command line overrides it); in a notebook: TASK.strategy().
+RECIPE_DEFAULTS = TASK.defaults
 
 
 def load_sentences(data_args: TokenDataArguments, cache_dir: str | None = None, keep: tuple[str, ...] = ()) -> DatasetDict:

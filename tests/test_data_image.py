@@ -20,7 +20,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from ftlib.data import image as fimg
+from ftlib.core import system
 from ftlib.data.image import (
     CorruptImageError,
     ImageTransform,
@@ -383,10 +383,10 @@ def test_builtin_model_loss_rejects_soft_labels_and_the_trainer_loss_takes_them(
 def test_default_num_workers(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     for cpus, expected in [(1, 0), (2, 1), (6, 5), (64, 8)]:
-        monkeypatch.setattr(fimg, "_available_cpus", lambda c=cpus: c)
+        monkeypatch.setattr(system, "available_cpus", lambda c=cpus: c)
         assert default_num_workers() == expected
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    monkeypatch.setattr(fimg, "_available_cpus", lambda: 16)
+    monkeypatch.setattr(system, "available_cpus", lambda: 16)
     assert default_num_workers() == 3
 
 

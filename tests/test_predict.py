@@ -168,7 +168,7 @@ def test_bad_columns_and_flags_are_named_before_the_model_loads(text_run, tmp_pa
         predict(text_run, every_empty, tmp_path / "p.csv", progress=False)
     with pytest.raises(PredictError, match="--image_column: not used for text classification"):
         predict(text_run, bad, tmp_path / "p.csv", image_column="path", progress=False)
-    with pytest.raises(PredictError, match="--output .*p.conll: write text predictions as .csv or .jsonl"):
+    with pytest.raises(PredictError, match="--output .*p.conll: write text classification predictions as .csv or .jsonl"):
         predict(text_run, bad, tmp_path / "p.conll", progress=False)
     with pytest.raises(PredictError, match="is inside --model"):
         predict(text_run, bad, text_run / "p.csv", progress=False)
@@ -194,14 +194,14 @@ def test_folders_that_are_not_models(tmp_path, core_bert_dir, capsys):
     # a transformers model but not an ftlib output: no config.yaml, so no settings; --task makes it usable
     with pytest.raises(PredictError, match="is not an ftlib output: no config.yaml .* pass --task"):
         predict(core_bert_dir, tmp_path / "in.csv", tmp_path / "p.csv")
-    with pytest.raises(PredictError, match=r"holds a text classifier \(BertForSequenceClassification\), not a token one"):
+    with pytest.raises(PredictError, match=r"holds a text classification model \(BertForSequenceClassification\), not a token classification one"):
         predict(core_bert_dir, tmp_path / "in.csv", tmp_path / "p.csv", task="token")
     backbone = tmp_path / "backbone"
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=37)).save_pretrained(backbone)
-    with pytest.raises(PredictError, match=r"is not a text, image or token classifier \(BertModel\)"):
+    with pytest.raises(PredictError, match=r"has no head ftlib-predict knows \(BertModel; it predicts text classification"):
         predict(backbone, tmp_path / "in.csv", tmp_path / "p.csv", task="text")
     # the command: one line on stderr, exit code 1
     capsys.readouterr()

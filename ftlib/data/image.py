@@ -29,6 +29,7 @@ from datasets import Image as ImageFeature
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
+from ftlib.core.system import available_cpus, default_num_workers  # noqa: F401 - the image recipe imports it from here
 from ftlib.data.files import load_data, require_columns
 from ftlib.data.knobs import KNOBS, PRESETS, check_knobs  # noqa: F401 - KNOBS, PRESETS re-exported
 
@@ -276,7 +277,7 @@ def scan_images(dataset: Dataset | DatasetDict, column: str, skip_corrupt: bool 
         return DatasetDict(out), skipped
     require_columns(dataset, [column], "dataset")
     plain = dataset.with_format(None)  # no user transform: we want the raw path/bytes
-    threads = num_threads or min(8, _available_cpus())
+    threads = num_threads or min(8, available_cpus())
     keep: list[int] = []
     skipped: list[str] = []
     executor = ThreadPoolExecutor(max_workers=threads)
@@ -523,21 +524,3 @@ class MixupCutmix:
         elif labels.ndim == 1:
             batch["labels"] = F.one_hot(labels, self.num_classes).float()
         return batch
-
-
-# ----------------------------------------------------------------------------------------------------
-# Workers
-# ----------------------------------------------------------------------------------------------------
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # respects taskset / container CPU sets
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def default_num_workers(max_workers: int = 8) -> int:
-    """DataLoader workers for image decoding: the CPUs this process may use, shared among the local
-    processes of a distributed launch (LOCAL_WORLD_SIZE), minus one for the main process, capped."""
-    local_procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(0, min(max_workers, _available_cpus() // local_procs - 1))

@@ -50,30 +50,6 @@ from ftlib.training.trainer import check_strategy_args
 
 logger = logging.getLogger("ftlib")
 
-# TrainingArguments defaults every recipe shares (each recipe adds its own; a config or the command line overrides them).
-TRAINING_DEFAULTS = {
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "logging_steps": 10,
-    "report_to": "none",
-}
-
-# The text encoders' default strategy (the text and token recipes), measured on SST-2 (bench/text_cls_sst2.py) and
-# chosen again on data it was not tuned on (bench/text_suite.py, bench/token_suite.py; README "Small data"): frozen
-# embeddings (half of a small encoder's weights: no gradient, no optimizer step), a fast fresh head, blocks that
-# learn less the lower they sit, and at least 250 optimizer steps (100 rows at batch 16 for 3 epochs are 21 steps,
-# after which a model predicts the majority class, or tags every word O).
-ENCODER_STRATEGY = {
-    "freeze_embeddings": True,
-    "learning_rate": 1e-4,
-    "head_learning_rate": 1e-3,
-    "layer_decay": 0.9,
-    "warmup_steps": 0.1,
-    "min_train_steps": 250,
-}
-
-
 @dataclass
 class RunStart:
     resume_from: str | None

@@ -40,7 +40,7 @@ def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str]
     """The checkpoint's config with our labels. A checkpoint that already has a task head of another size
     is an error (its head would be dropped) unless ``--ignore_mismatched_sizes``."""
     config = AutoConfig.from_pretrained(checkpoint_path(model_args, checkpoint), **checkpoint_kwargs(model_args))
-    has_head = any(a.endswith(("Classification", "ForTokenClassification")) for a in (config.architectures or []))
+    has_head = any(a.endswith("Classification") for a in (config.architectures or []))
     if has_head and config.num_labels != num_labels and not model_args.ignore_mismatched_sizes:
         raise ValueError(
             f"{model_args.model_name_or_path} has a classification head for {config.num_labels} labels "
