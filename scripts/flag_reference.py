@@ -20,11 +20,11 @@ FLAGS_PATH = ROOT / "docs" / "flags.md"
 
 # (module, class, who parses it). Add a task's data arguments here and rerun the script.
 ARGUMENT_CLASSES: list[tuple[str, str, str]] = [
-    ("ftlib.args", "ModelArguments", "every recipe"),
-    ("ftlib.args", "FineTuneArguments", "every recipe"),
-    ("ftlib.args", "TextDataArguments", "`recipes/text_cls.py`"),
-    ("ftlib.args", "ImageDataArguments", "`recipes/image_cls.py`"),
-    ("ftlib.args", "TokenDataArguments", "`recipes/token_cls.py`"),
+    ("ftlib.training.arguments", "ModelArguments", "every recipe"),
+    ("ftlib.strategy.arguments", "FineTuneArguments", "every recipe"),
+    ("ftlib.tasks.text_classification", "TextDataArguments", "`recipes/text_cls.py`"),
+    ("ftlib.tasks.image_classification", "ImageDataArguments", "`recipes/image_cls.py`"),
+    ("ftlib.tasks.token_classification", "TokenDataArguments", "`recipes/token_cls.py`"),
 ]
 
 TRAINING_ARGUMENTS_URL = "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments"

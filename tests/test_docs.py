@@ -49,7 +49,8 @@ def test_flag_reference_is_current():
 def test_flag_reference_covers_every_flag_and_check_catches_a_stale_file(tmp_path):
     flag_reference = load_flag_reference()
     text = flag_reference.render()
-    from ftlib.args import FineTuneArguments, TextDataArguments
+    from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.text_classification import TextDataArguments
 
     for cls in (FineTuneArguments, TextDataArguments):
         assert f"## {cls.__name__}\n" in text
