@@ -217,7 +217,8 @@ def chat_segments(turns: list[dict], tokenizer: PreTrainedTokenizerBase, where: 
     for k, turn in enumerate(turns):
         if turn["role"] != ANSWER_ROLE:
             continue
-        before, through = render(turns[:k], generation_prompt=True), render(turns[: k + 1])
+        before = render(turns[:k], generation_prompt=True)
+        through = full if k == last else render(turns[: k + 1])
         if not (full.startswith(through) and through.startswith(before) and len(before) >= done):
             raise ValueError(
                 f"{where}: the chat template renders turn {k + 1} differently inside the whole conversation than on its "
@@ -440,8 +441,9 @@ def encode_dataset(
 
     encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names,
                           num_proc=data_args.preprocessing_num_workers, desc=f"tokenizing {source}")
-    kept_rows = len(set(encoded[ROW]))
-    report = LengthReport(source, rows_in, cut=sum(encoded[CUT]), dropped=len(dataset) - kept_rows,
+    counts = encoded.with_format(None).select_columns([ROW, CUT])[:]
+    kept_rows = len(set(counts[ROW]))
+    report = LengthReport(source, rows_in, cut=sum(counts[CUT]), dropped=len(dataset) - kept_rows,
                           max_seq_length=max_length, split_texts=text_rows)
     if kept_rows == 0:
         raise ValueError(f"{source}: every row is longer than --max_seq_length {max_length} and was dropped "
@@ -548,8 +550,8 @@ def pack_examples(dataset: Dataset, max_seq_length: int) -> Dataset:
     """Encoded examples packed into rows of at most ``max_seq_length`` tokens (:func:`plan_packs`), with
     ``position_ids`` restarting at 0 for each example (how :class:`PackedCollator` tells them apart) and the first
     label of each example -100 (the previous example's last token must not learn to predict it)."""
-    plain = dataset.with_format(None)
-    all_ids, all_labels = plain["input_ids"], plain["labels"]
+    examples = dataset.with_format(None).select_columns(["input_ids", "labels"])[:]  # plain lists: fast indexing
+    all_ids, all_labels = examples["input_ids"], examples["labels"]
     packs = plan_packs([len(ids) for ids in all_ids], max_seq_length)
     columns: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "length": []}
     for pack in packs:
