@@ -51,10 +51,23 @@ class ModelArguments:
         metadata={"help": 'JSON object (a mapping in YAML) of model config attributes to change before loading, e.g. '
                           '\'{"drop_path_rate": 0.1}\'; a name the config does not have is an error.'},
     )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "A GGUF file (llama.cpp) to start from: --model_name_or_path is then the folder holding it "
+                          "(or the file itself). Dequantized to float32 and converted once into a transformers folder "
+                          "in ftlib's cache (needs the gguf package). A .gguf path as --model_name_or_path works too."},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel, passed to from_pretrained: 'eager', 'sdpa', 'flash_attention_2', ... "
+                          "(default: transformers' choice)."},
+    )
 
     def __post_init__(self) -> None:
         if not self.model_name_or_path:
             raise ValueError("--model_name_or_path is required")
+        if self.gguf_file is not None and not self.gguf_file:
+            raise ValueError("--gguf_file is empty")
         self.config_updates  # noqa: B018 - parse now, so a bad value fails with the other argument errors
 
     @property
@@ -69,6 +82,17 @@ class ModelArguments:
         if not isinstance(updates, dict):
             raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}")  # noqa: TRY004
         return updates
+
+
+@dataclass
+class CausalLMModelArguments(ModelArguments):
+    """The model arguments of causal language models: those of every recipe, and 4-bit loading (QLoRA)."""
+
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the base model in 4 bits (bitsandbytes NF4, double quantization, bf16 compute) "
+                          "and train LoRA adapters on it. CUDA only; needs --lora and bitsandbytes."},
+    )
 
 
 @dataclass
@@ -182,6 +206,20 @@ class FineTuneArguments:
     lora_save: str = field(
         default="adapter",
         metadata={"help": "Save (and push) the 'adapter' only or the 'merged' model.", "choices": ["adapter", "merged"]},
+    )
+    lora_use_rslora: bool = field(
+        default=False,
+        metadata={"help": "rsLoRA: scale the adapters by alpha / sqrt(r) instead of alpha / r (peft's use_rslora), "
+                          "which keeps high ranks learning."},
+    )
+    lora_use_dora: bool = field(
+        default=False,
+        metadata={"help": "DoRA: adapt each weight's direction with LoRA and learn its magnitude apart (peft's use_dora)."},
+    )
+    loraplus_lr_ratio: float | None = field(
+        default=None,
+        metadata={"help": "LoRA+: the B matrices train at this multiple of the A matrices' learning rate (the paper "
+                          "suggests 16); their own optimizer groups, shown in the group table."},
     )
     # Loss and stopping
     class_weights: str | None = field(
@@ -411,7 +449,10 @@ class FineTuneArguments:
         if self.lr_find_steps < 10:
             raise ValueError(f"--lr_find_steps must be >= 10, got {self.lr_find_steps}")
         # flags that act only together with another one
-        refuse_without(self, "--lora", self.lora, ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"))
+        if self.loraplus_lr_ratio is not None and not (self.loraplus_lr_ratio > 0 and math.isfinite(self.loraplus_lr_ratio)):
+            raise ValueError(f"--loraplus_lr_ratio must be a positive number, got {self.loraplus_lr_ratio}")
+        refuse_without(self, "--lora", self.lora, ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save",
+                                                   "lora_use_rslora", "lora_use_dora", "loraplus_lr_ratio"))
         refuse_without(self, "--gradual_unfreeze", self.gradual_unfreeze > 0, ("gradual_unfreeze_unit", "gradual_unfreeze_blocks"))
         refuse_without(self, "--early_stopping_patience", self.early_stopping_patience is not None,
                        ("early_stopping_threshold",))
