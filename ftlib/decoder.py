@@ -21,6 +21,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ftlib.modeling import checkpoint_kwargs
+
 logger = logging.getLogger(__name__)
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -36,6 +38,10 @@ def check_load_in_4bit(model_args, ft_args, training_args=None) -> None:
         raise ValueError("--load_in_4bit (QLoRA) trains LoRA adapters on a frozen 4-bit model: add --lora")
     if training_args is not None and training_args.use_cpu:
         raise ValueError("--load_in_4bit needs a CUDA GPU (bitsandbytes' NF4 kernels), and --use_cpu asks for the CPU")
+    _require_4bit_support()
+
+
+def _require_4bit_support() -> None:
     if not torch.cuda.is_available():
         raise ValueError("--load_in_4bit needs a CUDA GPU (bitsandbytes' NF4 kernels run on CUDA only), and torch sees "
                          "none here (torch.cuda.is_available() is False); drop --load_in_4bit to train LoRA on the "
@@ -48,9 +54,10 @@ def check_load_in_4bit(model_args, ft_args, training_args=None) -> None:
 
 def quantization_config(model_args):
     """The ``BitsAndBytesConfig`` of ``--load_in_4bit`` (QLoRA: NF4 weights, double quantization, bf16
-    compute), or None without it."""
+    compute), or None without it; refused, naming why, where there is no CUDA or no bitsandbytes."""
     if not getattr(model_args, "load_in_4bit", False):
         return None
+    _require_4bit_support()
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -83,8 +90,6 @@ def load_causal_lm(model_args, checkpoint: str, training_args=None) -> nn.Module
     with :func:`causal_lm_load_kwargs`; a 4-bit model is made ready for training as peft does it
     (``prepare_model_for_kbit_training``: norms and embeddings in float32, input gradients for checkpointing)."""
     from transformers import AutoModelForCausalLM
-
-    from ftlib.modeling import checkpoint_kwargs
 
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, **checkpoint_kwargs(model_args), **causal_lm_load_kwargs(model_args, training_args)
