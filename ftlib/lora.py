@@ -38,10 +38,10 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "resnet": ["convolution"],
     # Decoders: every linear layer of attention and MLP (as QLoRA does; attention alone trails full fine-tuning
     # there). The LM head and the embeddings are left out: they are the vocabulary's, and large.
-    **dict.fromkeys(
-        ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "smollm3", "olmo", "olmo2"),
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    ),
+    **{
+        family: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "smollm3", "olmo", "olmo2")
+    },
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],  # Conv1D layers: attention's c_attn and c_proj, the MLP's c_fc and c_proj
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],

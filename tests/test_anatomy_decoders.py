@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback, Trai
 from ftlib.anatomy import find_anatomy
 from ftlib.args import FineTuneArguments
 from ftlib.freezing import apply_freezing, freeze_patterns
-from ftlib.optim import build_param_groups, format_group_table
+from ftlib.optim import build_param_groups
 from ftlib.trainer import FtTrainer, prepare_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -226,8 +226,8 @@ def test_llama_layer_decay_head_rate_and_lower_block_freezing(tmp_path):
         moved = not torch.equal(value, before[name])
         assert moved == name.startswith(("model.layers.1.", "model.norm.", "lm_head.")), name
     table = trainer.group_table
-    assert re.search(r"^head\s+3,168\s+yes\s+0\.004\s+0\.01$", table, re.M), table
-    assert re.search(r"^embeddings, block 0: not optimised \(frozen\)\s+", table, re.M), table
+    assert re.search(r"^head\s+3,168\s+yes\s+0\.004\s+0\.01$", table, re.MULTILINE), table
+    assert re.search(r"^embeddings, block 0: not optimised \(frozen\)\s+", table, re.MULTILINE), table
 
 
 def test_llama_gradual_unfreezing_stages_from_the_head_down(tmp_path):
@@ -243,5 +243,5 @@ def test_llama_gradual_unfreezing_stages_from_the_head_down(tmp_path):
     trainer.train()
     assert seen == [{3}, {3, 2}, {3, 2, 1, 0}]  # head; + block 1 and the final norm; + block 0 and embeddings
     assert_every_trainable_tensor_once(trainer.model, trainer.optimizer.param_groups)
-    assert "unfrozen at" in trainer.group_table and re.search(r"^head\s.*start$", trainer.group_table, re.M)
+    assert "unfrozen at" in trainer.group_table and re.search(r"^head\s.*start$", trainer.group_table, re.MULTILINE)
 

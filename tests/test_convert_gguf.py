@@ -16,7 +16,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from ftlib import convert_gguf
 from ftlib.args import ModelArguments
 from ftlib.checkpoints import prepare_checkpoint, resolve_checkpoint
-from ftlib.convert_gguf import FILES, cache_target, check_gguf, convert, convert_once, gguf_location, is_converted
+from ftlib.convert_gguf import (
+    FILES,
+    cache_target,
+    check_gguf,
+    convert,
+    convert_once,
+    gguf_location,
+    is_converted,
+)
 
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.usefixtures("one_thread")

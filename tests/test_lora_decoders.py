@@ -125,7 +125,7 @@ def test_loraplus_groups_train_b_at_the_ratio_and_show_in_the_table(tmp_path):
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted({id(p) for p in trainer.model.parameters() if p.requires_grad})
     # B matrices of one block: out x r = 4 x (32 + 16 + 16 + 32 + 64 + 64 + 32)
-    assert re.search(r"^block 1 lora_B\s+1,024\s+yes\s+0\.16\s+0\.01$", trainer.group_table, re.M), trainer.group_table
+    assert re.search(r"^block 1 lora_B\s+1,024\s+yes\s+0\.16\s+0\.01$", trainer.group_table, re.MULTILINE), trainer.group_table
 
 
 def test_loraplus_without_lora_is_refused_naming_both():
