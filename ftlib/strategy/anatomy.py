@@ -16,7 +16,14 @@ Everything is discovered from the module tree, so a new architecture needs no ta
   with the embeddings; a stage's own parts (Swin's ``downsample``, ConvNeXt's ``downsampling_layer``) go
   with the first block of their stage when registered before its blocks, else with the block before them;
   the rest (BERT pooler, ViT final layernorm, EfficientNet top conv) goes with the block before it, which
-  after the last block is the top block.
+  after the last block is the top block. A part named as the last one (``final_*``, ``ln_f``, ``norm_f``,
+  ``project_out``) goes with the top block wherever it is registered: OPT registers its ``final_layer_norm``
+  before its layers.
+- **Tied input and output embeddings** (GPT-2, Gemma, SmolLM2: ``lm_head.weight`` *is*
+  ``model.embed_tokens.weight``): one tensor cannot sit in two layers, so it counts as the head under every name
+  it goes by (the head's learning rate, the first stage of gradual unfreezing), as ULMFiT groups its tied
+  encoder / decoder with the top; ``Anatomy.tied`` lists its names and :mod:`ftlib.strategy.freezing` says what
+  ``--freeze_embeddings`` does to it.
 
 ALBERT is the one architecture named here, because the module tree cannot show its weight sharing: its
 ``num_hidden_layers`` layers reuse ``num_hidden_groups`` ``albert_layer_groups`` (normally one), so its
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from torch import nn
@@ -49,7 +56,9 @@ class Anatomy:
 
     ``attached`` holds the backbone parts outside any block that belong to a block (pooler, final norm,
     stage downsampling) as ``(path, layer id)``; ``layer_id`` resolves a parameter name by its longest
-    path prefix over all four.
+    path prefix over all four. ``tied`` holds, per tensor shared by the embeddings and the head, its
+    parameter names (embeddings first); every one of them, and whatever peft adds in their modules, resolves to
+    the head.
     """
 
     embeddings: tuple[str, ...]
@@ -57,6 +66,7 @@ class Anatomy:
     head: tuple[str, ...]
     notes: str = ""
     attached: tuple[tuple[str, int], ...] = ()
+    tied: tuple[tuple[str, ...], ...] = ()
 
     @property
     def num_blocks(self) -> int:
@@ -77,6 +87,8 @@ class Anatomy:
         ``...lora_A.default.weight`` inside a block, ``classifier.modules_to_save.default.weight`` in the head).
         """
         names = [param_name] + [param_name[len(p) :] for p in PEFT_PREFIXES if param_name.startswith(p)]
+        if any(_under_any(name, self._tied_modules) for name in names):
+            return self.num_blocks + 1
         for name in names:
             parts = name.split(".")
             for end in range(len(parts), 0, -1):
@@ -88,6 +100,15 @@ class Anatomy:
             f"(embeddings {list(self.embeddings)}, blocks {self.blocks[:1]}..., head {list(self.head)}); "
             "was the anatomy found on another model?"
         )
+
+    @cached_property
+    def _tied_modules(self) -> frozenset[str]:
+        """The modules holding a tied tensor: what peft adds inside them (trainable token rows) goes with it."""
+        return frozenset(name.rpartition(".")[0] for names in self.tied for name in names)
+
+    def final_parts(self) -> tuple[str, ...]:
+        """Backbone parts outside the blocks that sit on the top block (final norm, pooler), in registration order."""
+        return tuple(path for path, layer in self.attached if layer == self.num_blocks)
 
     def group_names(self) -> list[str]:
         """Display names indexed by layer id: ``["embeddings", "block 0", ..., "head"]``."""
@@ -118,13 +139,37 @@ def find_anatomy(model: nn.Module, blocks_pattern: str | None = None) -> Anatomy
         )
     layer_of = _assign_backbone(backbone, backbone_path, blocks, stages)
     leftovers = _compress(backbone, backbone_path, set(blocks), layer_of)
-    return Anatomy(
+    anatomy = Anatomy(
         embeddings=tuple(path for path, layer in leftovers if layer == 0),
         blocks=tuple(blocks),
         head=head,
         notes=notes,
         attached=tuple((path, layer) for path, layer in leftovers if layer != 0),
     )
+    tied = _tied_embeddings(model, anatomy)
+    if not tied:
+        return anatomy
+    pairs = "; ".join(f"{' = '.join(names)}" for names in tied)
+    notes = _join(
+        notes,
+        f"Tied input / output embeddings ({pairs}): one tensor, counted as the head (the head's learning rate, the "
+        "first stage of gradual unfreezing); --freeze_embeddings freezes it, and the LM head with it.",
+    )
+    return replace(anatomy, tied=tied, notes=notes)
+
+
+def _tied_embeddings(model: nn.Module, anatomy: Anatomy) -> tuple[tuple[str, ...], ...]:
+    """Names of each tensor that the head shares with the embeddings, embeddings' names first."""
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    head = anatomy.num_blocks + 1
+    tied = []
+    for names in names_of.values():
+        layers = [anatomy.layer_id(name) for name in names]
+        if len(names) > 1 and head in layers and 0 in layers:
+            tied.append(tuple(sorted(names, key=lambda n: anatomy.layer_id(n) == head)))
+    return tuple(tied)
 
 
 # --- backbone and head -------------------------------------------------------------------------
@@ -244,6 +289,9 @@ def _blocks_from_pattern(model: nn.Module, backbone_path: str, pattern: str) -> 
 
 # --- every backbone parameter gets a layer -------------------------------------------------------
 
+# Backbone parts outside the blocks that run after the last block whatever their registration order.
+_FINAL_PART = re.compile(r"(^|\.)(final_\w*|ln_f|norm_f|project_out)(\.|$)")
+
 
 def _assign_backbone(
     backbone: nn.Module, backbone_path: str, blocks: list[str], stages: dict[str, list[str]]
@@ -268,6 +316,8 @@ def _assign_backbone(
         before = [b for b, p in first_pos.items() if p < pos]
         if "embed" in relative.lower():
             layer_of[name] = 0
+        elif _FINAL_PART.search(relative) and blocks:  # the last part, wherever registered: on the top block
+            layer_of[name] = len(blocks)
         elif stage is not None:  # a stage's own part: with the block before it, or its stage's first block
             in_stage = [b for b in before if stage_of_block.get(b) == stage]
             layer_of[name] = (max(in_stage) if in_stage else index[stages[stage][0]]) + 1
@@ -325,6 +375,11 @@ def _join_path(prefix: str, name: str) -> str:
 
 def _under(name: str, path: str) -> bool:
     return name == path or name.startswith(path + ".")
+
+
+def _under_any(name: str, paths: frozenset[str]) -> bool:
+    parts = name.split(".")
+    return any(".".join(parts[:end]) in paths for end in range(len(parts) - 1, 0, -1))
 
 
 def _disjoint(a: str, b: str) -> bool:

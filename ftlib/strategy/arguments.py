@@ -66,6 +66,20 @@ class FineTuneArguments:
         default="adapter",
         metadata={"help": "Save (and push) the 'adapter' only or the 'merged' model.", "choices": ["adapter", "merged"]},
     )
+    lora_use_rslora: bool = field(
+        default=False,
+        metadata={"help": "rsLoRA: scale the adapters by alpha / sqrt(r) instead of alpha / r (peft's use_rslora), "
+                          "which keeps high ranks learning."},
+    )
+    lora_use_dora: bool = field(
+        default=False,
+        metadata={"help": "DoRA: adapt each weight's direction with LoRA and learn its magnitude apart (peft's use_dora)."},
+    )
+    loraplus_lr_ratio: float | None = field(
+        default=None,
+        metadata={"help": "LoRA+: the B matrices train at this multiple of the A matrices' learning rate (the paper "
+                          "suggests 16); their own optimizer groups, shown in the group table."},
+    )
     # Loss and stopping
     class_weights: str | None = field(
         default=None, metadata={"help": "'balanced' (from train label counts) or comma-separated weights per label."}
@@ -294,7 +308,10 @@ class FineTuneArguments:
         if self.lr_find_steps < 10:
             raise ValueError(f"--lr_find_steps must be >= 10, got {self.lr_find_steps}")
         # flags that act only together with another one
-        refuse_without(self, "--lora", self.lora, ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"))
+        if self.loraplus_lr_ratio is not None and not (self.loraplus_lr_ratio > 0 and math.isfinite(self.loraplus_lr_ratio)):
+            raise ValueError(f"--loraplus_lr_ratio must be a positive number, got {self.loraplus_lr_ratio}")
+        refuse_without(self, "--lora", self.lora, ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save",
+                                                   "lora_use_rslora", "lora_use_dora", "loraplus_lr_ratio"))
         refuse_without(self, "--gradual_unfreeze", self.gradual_unfreeze > 0, ("gradual_unfreeze_unit", "gradual_unfreeze_blocks"))
         refuse_without(self, "--early_stopping_patience", self.early_stopping_patience is not None,
                        ("early_stopping_threshold",))

@@ -36,7 +36,20 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "convnext": ["pwconv1", "pwconv2"],
     "efficientnet": ["expand_conv", "project_conv"],
     "resnet": ["convolution"],
+    # Decoders: every linear layer of attention and MLP (as QLoRA does; attention alone trails full fine-tuning
+    # there). The LM head and the embeddings are left out: they are the vocabulary's, and large.
+    **{
+        family: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "smollm3", "olmo", "olmo2")
+    },
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],  # Conv1D layers: attention's c_attn and c_proj, the MLP's c_fc and c_proj
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
 }
+
+# peft task types whose head is the pretrained LM head, not a new one: it stays frozen under LoRA.
+PRETRAINED_HEAD_TASKS = ("CAUSAL_LM",)
 
 
 def default_target_modules(model: nn.Module) -> list[str] | str:
@@ -53,21 +66,52 @@ def apply_lora(
     dropout: float = 0.1,
     target_modules: list[str] | None = None,
     task_type: str | None = None,
+    use_rslora: bool = False,
+    use_dora: bool = False,
+    trainable_token_indices: list[int] | None = None,
 ) -> PeftModel:
-    """Wrap ``model`` with LoRA adapters; the task head (``anatomy.head``) trains in full and is saved with them."""
+    """Wrap ``model`` with LoRA adapters.
+
+    A new task head (``anatomy.head``: a classifier) trains in full and is saved with them; a causal LM's head
+    (``task_type="CAUSAL_LM"``) is pretrained and stays frozen, as do its embeddings, except the rows of
+    ``trainable_token_indices`` (tokens added to the vocabulary, see :func:`ftlib.training.decoder.add_tokens`), which
+    train in the input embeddings and in the LM head (tied or not) through peft's trainable tokens.
+    ``use_rslora`` / ``use_dora``: peft's rsLoRA scaling and DoRA."""
     targets = target_modules or default_target_modules(model)
+    extra = {}
+    if use_rslora:
+        extra["use_rslora"] = True
+    if use_dora:
+        extra["use_dora"] = True
+    if trainable_token_indices:
+        extra.update(_trainable_tokens(model, anatomy, list(trainable_token_indices)))
+    if getattr(getattr(model, "config", None), "model_type", None) == "gpt2":
+        extra["fan_in_fan_out"] = True  # its Conv1D layers store weights transposed (peft would warn and set it)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets,
-        modules_to_save=list(anatomy.head),
+        modules_to_save=None if task_type in PRETRAINED_HEAD_TASKS else list(anatomy.head),
         task_type=task_type,
+        **extra,
     )
     try:
         return get_peft_model(model, config)
     except ValueError as err:
         raise ValueError(f"LoRA: {err} (set --lora_target_modules to module names of this model)") from None
+
+
+def _trainable_tokens(model: nn.Module, anatomy: Anatomy, token_ids: list[int]) -> dict:
+    """peft's ``trainable_token_indices`` for the input embeddings and, unless tied to them, the output ones."""
+    paths = {id(module): path for path, module in model.named_modules()}
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    indices = {paths[id(inputs)]: token_ids}
+    if anatomy.tied:
+        return {"trainable_token_indices": indices, "ensure_weight_tying": True}
+    if outputs is not None:
+        indices[paths[id(outputs)]] = token_ids
+    return {"trainable_token_indices": indices}
 
 
 # Beside an adapter: the fine-tuned model's transformers config (labels, problem type, head architecture), which the

@@ -33,6 +33,11 @@ def no_decay_parameter_names(model: nn.Module) -> set[str]:
     return {name for name, _ in model.named_parameters() if name not in decay}
 
 
+def is_lora_b(name: str) -> bool:
+    """A LoRA B matrix (``...lora_B.<adapter>.weight``, ``lora_embedding_B``): the half LoRA+ speeds up."""
+    return ".lora_B." in name or ".lora_embedding_B." in name
+
+
 def build_param_groups(
     model: nn.Module,
     anatomy: Anatomy,
@@ -42,16 +47,22 @@ def build_param_groups(
     layer_decay: float = 1.0,
     weight_decay: float = 0.0,
     include: set[str] | None = None,
+    loraplus_lr_ratio: float | None = None,
 ) -> list[dict]:
     """One group per (layer, decay / no decay) holding ``params``, ``lr``, ``weight_decay`` and a ``name``.
 
     Parameters that do not require grad are left out, unless named in ``include`` (those gradual
-    unfreezing will switch on later: they wait in the optimizer with no gradient).
+    unfreezing will switch on later: they wait in the optimizer with no gradient). A tensor that goes by
+    several names (tied embeddings) is in one group, once.
+
+    ``loraplus_lr_ratio`` (LoRA+, Hayou et al. 2024): the LoRA B matrices get groups of their own, named
+    ``"<layer> lora_B"``, at that multiple of their layer's rate (the A matrices, DoRA magnitudes and the rest
+    keep the layer's rate).
     """
     rates = layer_learning_rates(anatomy, base_lr, head_lr, layer_decay)
     no_decay = no_decay_parameter_names(model)
     labels = anatomy.group_names()
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[int, bool, bool], dict] = {}
     seen: set[int] = set()
     for name, param in model.named_parameters():
         if id(param) in seen or not (param.requires_grad or (include and name in include)):
@@ -59,16 +70,20 @@ def build_param_groups(
         seen.add(id(param))  # tied / shared weights belong to one group only
         layer = anatomy.layer_id(name)
         decays = name not in no_decay
-        key = (layer, decays)
+        faster = loraplus_lr_ratio is not None and is_lora_b(name)
+        key = (layer, faster, decays)
         if key not in groups:
             groups[key] = {
                 "params": [],
-                "lr": rates[layer],
+                "lr": rates[layer] * (loraplus_lr_ratio if faster else 1.0),
                 "weight_decay": weight_decay if decays else 0.0,
-                "name": f"{labels[layer]}{'' if decays else ' (no decay)'}",
+                "name": f"{labels[layer]}{' lora_B' if faster else ''}{'' if decays else ' (no decay)'}",
                 "layer_id": layer,
             }
         groups[key]["params"].append(param)
+    if loraplus_lr_ratio is not None and not any(faster for _, faster, _ in groups):
+        raise ValueError(f"--loraplus_lr_ratio {loraplus_lr_ratio:g}: the model has no trainable LoRA B matrix "
+                         "(needs --lora)")
     return [groups[key] for key in sorted(groups)]
 
 

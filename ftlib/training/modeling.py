@@ -32,7 +32,7 @@ def checkpoint_path(model_args, checkpoint: str | None = None) -> str:
         return checkpoint
     from ftlib.training.checkpoints import resolve_checkpoint
 
-    return resolve_checkpoint(model_args.model_name_or_path)
+    return resolve_checkpoint(model_args.model_name_or_path, getattr(model_args, "gguf_file", None))
 
 
 def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str], problem_type: str, *,
@@ -68,9 +68,10 @@ def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str]
 
 def load_model(auto_class, model_args, config, checkpoint: str | None = None):
     """``auto_class.from_pretrained`` with the recipe's safety settings (no remote code unless asked)."""
+    attention = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     return auto_class.from_pretrained(
         checkpoint_path(model_args, checkpoint), config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        **checkpoint_kwargs(model_args),
+        **checkpoint_kwargs(model_args), **attention,
     )
 
 

@@ -47,8 +47,12 @@ from ftlib.training.tracking import GroupLearningRateCallback
 logger = logging.getLogger(__name__)
 
 
-def prepare_model(model: nn.Module, ft_args: FineTuneArguments, task_type: str | None = None):
-    """Find the anatomy, wrap with LoRA when asked, apply the freezing flags. Returns ``(model, anatomy)``."""
+def prepare_model(model: nn.Module, ft_args: FineTuneArguments, task_type: str | None = None,
+                  trainable_token_indices: list[int] | None = None):
+    """Find the anatomy, wrap with LoRA when asked, apply the freezing flags. Returns ``(model, anatomy)``.
+
+    ``task_type``: peft's (``"SEQ_CLS"``, ``"CAUSAL_LM"`` ...). ``trainable_token_indices``: with LoRA, the rows of
+    tokens added to the vocabulary, which train (:func:`ftlib.training.decoder.new_token_training`)."""
     anatomy = find_anatomy(model, ft_args.blocks_pattern)
     reinit_top_blocks(model, anatomy, ft_args.reinit_top_blocks)
     batch_norm_layers = set_batch_norm(model, ft_args.batch_norm, ft_args.batch_norm_momentum)
@@ -64,6 +68,9 @@ def prepare_model(model: nn.Module, ft_args: FineTuneArguments, task_type: str |
             dropout=ft_args.lora_dropout,
             target_modules=ft_args.lora_target_modules,
             task_type=task_type,
+            use_rslora=ft_args.lora_use_rslora,
+            use_dora=ft_args.lora_use_dora,
+            trainable_token_indices=trainable_token_indices,
         )
     apply_freezing(model, anatomy, ft_args)
     trainable, total = count_parameters(model)
@@ -427,6 +434,7 @@ class FtTrainer(Trainer):
             head_lr=ft.head_learning_rate,
             layer_decay=ft.layer_decay,
             weight_decay=self.args.weight_decay,
+            loraplus_lr_ratio=ft.loraplus_lr_ratio,
         )
         cls, kwargs = resolve_optimizer(self.args, ft.torch_optimizer, ft.optimizer_kwargs)
         self.optimizer = create_optimizer(groups, cls, kwargs)
