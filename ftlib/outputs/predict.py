@@ -122,7 +122,9 @@ def inspect_model(path: str | Path, task: str | None = None, base_model: str | N
 def _check_task(path: Path, task: str | None, settings: dict, config) -> Task:
     """The task: ``--task``, else the run's (its data settings say which recipe wrote it), checked against the
     model's head."""
-    from_run = next((name for name, t in TASKS.items() if t.run_marker in settings), None)
+    # the run's task: the one whose data arguments it recorded, the most specific where several fit
+    wrote = [t for t in TASKS.values() if t.wrote(settings)]
+    from_run = max(wrote, key=lambda t: len(dataclasses.fields(t.data_arguments))).name if wrote else None
     architectures = list(getattr(config, "architectures", None) or [])
     from_head = next((name for name, t in TASKS.items() if any(a.endswith(t.head_suffix) for a in architectures)), None)
     named = ", ".join(architectures) or f"a {config.model_type} model without a task head"

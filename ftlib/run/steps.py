@@ -222,11 +222,13 @@ def publish(
     label_names: list[str] | None = None,
     settings: dict[str, Any] | None = None,
     report: EvalExamples | None = None,
+    sections: list[str] | None = None,
 ) -> None:
     """Write the report, the model card and manifest; push behind the quality gate when asked (main process only).
     ``settings``: a recipe's own settings that shaped the run (augmentation, image size), shown with the strategy.
     ``report``: the validation rows of the last evaluation, for the report's confusion matrix, calibration and
-    top losses (:mod:`ftlib.outputs.report`; without them it has the training curves)."""
+    top losses (:mod:`ftlib.outputs.report`; without them it has the training curves). ``sections``: the task's own
+    model card sections (markdown lines)."""
     if not trainer.is_world_process_zero():
         return
     output_dir = Path(trainer.args.output_dir)
@@ -250,7 +252,7 @@ def publish(
         label_names=label_names,
         repo_id=hub.repo_id,
         report=[p.relative_to(output_dir).as_posix() for p in figures],
-        sections=hp_search_card(output_dir) + comparison_card(output_dir),
+        sections=(sections or []) + hp_search_card(output_dir) + comparison_card(output_dir),
     )
     (output_dir / "ftlib_strategy.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     write_manifest(output_dir, published=files_to_push(output_dir))

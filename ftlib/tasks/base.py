@@ -63,7 +63,6 @@ class Task:
     data_arguments: type  # the task's data dataclass (parsed with ModelArguments, FineTuneArguments, TrainingArguments)
     auto_model: str  # the transformers Auto class its models load with
     head_suffix: str  # a model whose architectures end with it holds this task's head
-    run_marker: str  # a data setting that only this task's runs record in config.yaml
     predict_settings: tuple[str, ...]  # data settings ftlib-predict takes from the run's config.yaml (a flag overrides)
     output_suffixes: tuple[str, ...]  # what ftlib-predict writes
     defaults: Mapping[str, Any]  # the recipe's defaults that differ from FineTuneArguments' / TrainingArguments'
@@ -71,6 +70,10 @@ class Task:
     predict: Callable[..., None]
     check_predict: Callable[..., None] = field(default=lambda folder, options: None)
     one_output_is_regression: bool = True  # a head of one output predicts a value (not for tags: a single tag)
+
+    def wrote(self, settings: Mapping[str, Any]) -> bool:
+        """Whether a run's recorded settings (its config.yaml) hold every field of this task's data arguments."""
+        return {f.name for f in dataclasses.fields(self.data_arguments)} <= set(settings)
 
     def strategy(self, **overrides: Any) -> tuple[FineTuneArguments, dict[str, Any]]:
         """The recipe's default strategy for a notebook or script: ``(FineTuneArguments, TrainingArguments

@@ -100,12 +100,24 @@ class CausalLMDataArguments(DataArguments):
     drop_long: bool = field(
         default=False, metadata={"help": "Drop rows longer than --max_seq_length instead of cutting them."}
     )
+    generation_eval: int = field(
+        default=0,
+        metadata={"help": "At every evaluation, also generate greedily for the first N validation prompts and score the "
+                          "answers against the references: eval_exact_match (after normalisation) and eval_rougeL "
+                          "(either can be --metric_for_best_model). 0: eval loss and perplexity only."},
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Longest generated answer (--generation_eval, test predictions, ftlib-predict)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.label_column != "label":
             raise ValueError(f"--label_column is not used by causal LM fine-tuning (got {self.label_column!r}): the "
                              "answers are --completion_column, --output_column or the assistant turns")
+        if self.generation_eval < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"--generation_eval must be >= 0 and --max_new_tokens >= 1, got {self.generation_eval} "
+                             f"and {self.max_new_tokens}")
         if self.max_seq_length < 16:
             raise ValueError(f"--max_seq_length must be at least 16, got {self.max_seq_length}")
         if self.data_format != "auto" and self.data_format not in FORMATS:

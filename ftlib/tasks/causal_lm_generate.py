@@ -23,8 +23,10 @@ import torch
 from accelerate.utils import gather_object
 from rouge_score import rouge_scorer
 
+from ftlib.training.trainer import FtTrainer
+
 Message = dict[str, str]
-Prompt = str | list[Message]
+Prompt = str | list[Message] | list[int]  # text, chat turns, or token ids already rendered as in training
 
 
 # -- generation ---------------------------------------------------------------------------------------------------
@@ -50,6 +52,8 @@ def encode_prompt(tokenizer, prompt: Prompt, chat: bool) -> list[int]:
     """Token ids of one prompt. A message list is rendered with the tokenizer's chat template and the generation
     prompt (the assistant turn's opening); with ``chat`` a string is taken as one user turn; otherwise a string is
     tokenized as it is, with the tokenizer's special tokens (BOS) as in training."""
+    if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt) and prompt:
+        return list(prompt)  # rendered and tokenized as in training (ftlib.tasks.causal_lm_data.encode_prompts)
     if isinstance(prompt, str) and chat:
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, str):
@@ -187,6 +191,8 @@ def prompt_text(prompt: Prompt) -> str:
     """A prompt as one line of text for a table: a chat's turns as ``role: content``."""
     if isinstance(prompt, str):
         return prompt
+    if prompt and all(isinstance(token, int) for token in prompt):
+        return f"({len(prompt)} tokens)"
     return " / ".join(f"{turn.get('role', '?')}: {turn.get('content', '')}" for turn in prompt)
 
 
@@ -229,6 +235,7 @@ class GenerationEval:
     batch_size: int = 8
     chat: bool = False
     metric_key_prefix: str = "eval"  # only the evaluation that logs under this prefix generates
+    prompt_texts: list[str] | None = None  # how token-id prompts read in the table (their rendered text)
     last_predictions: list[str] | None = None
     last_scores: GenerationScores | None = None
 
@@ -242,7 +249,8 @@ class GenerationEval:
         """The worst-examples table of the last evaluation ('' before the first)."""
         if self.last_predictions is None or self.last_scores is None:
             return ""
-        return worst_examples_table(self.prompts, self.references, self.last_predictions, self.last_scores, k)
+        shown = self.prompt_texts or self.prompts
+        return worst_examples_table(shown, self.references, self.last_predictions, self.last_scores, k)
 
 
 def distributed_generate(accelerator, model, tokenizer, spec: GenerationEval) -> list[str]:
@@ -302,3 +310,49 @@ class GenerationEvalMixin:
         spec.last_predictions = predictions
         spec.last_scores = score_generations(predictions, spec.references)
         return spec.last_scores.metrics(f"{metric_key_prefix}_")
+
+
+# -- the trainer and its evaluation ----------------------------------------------------------------------------
+def answer_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row, ``[summed cross-entropy of its answer tokens, their count]`` (next-token prediction: the logits at
+    position t score the label at t + 1; -100 labels do not count). Trainer's ``preprocess_logits_for_metrics``:
+    two numbers per row cross the evaluation loop instead of a vocabulary-wide logit per token."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(labels.shape)
+    return torch.stack([per_token.sum(1), (labels != -100).sum(1).to(per_token.dtype)], dim=1)
+
+
+def answer_token_metrics(prediction) -> dict[str, float]:
+    """``token_loss`` (the mean over every answer token of the split, not a mean of batch means) and its
+    ``perplexity``, from :func:`answer_token_losses`' rows."""
+    import math
+
+    import numpy as np
+
+    sums = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1, 2).sum(0)
+    loss = float(sums[0] / max(sums[1], 1.0))
+    return {"token_loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
+
+
+class CausalLMTrainer(GenerationEvalMixin, FtTrainer):
+    """FtTrainer for causal LMs: the model's token loss over a whole step (``model_token_loss``), eval perplexity on
+    answer tokens, with ``generation_eval`` generated answers scored at each evaluation, and ``train_collator``
+    (packing) for the training batches only."""
+
+    def __init__(self, *args, train_collator=None, **kwargs):
+        kwargs.setdefault("model_token_loss", True)
+        kwargs.setdefault("preprocess_logits_for_metrics", answer_token_losses)
+        kwargs.setdefault("compute_metrics", answer_token_metrics)
+        super().__init__(*args, **kwargs)
+        self.train_collator = train_collator  # packed training rows; evaluation stays unpacked (data_collator)
+
+    def get_train_dataloader(self):
+        if self.train_collator is None:
+            return super().get_train_dataloader()
+        evaluation, self.data_collator = self.data_collator, self.train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = evaluation

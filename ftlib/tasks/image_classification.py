@@ -181,7 +181,6 @@ TASK = Task(
     data_arguments=ImageDataArguments,
     auto_model="AutoModelForImageClassification",
     head_suffix="ForImageClassification",
-    run_marker="image_column",
     predict_settings=("image_column", "id_column", "check_images"),
     output_suffixes=OUTPUT_SUFFIXES,
     defaults=DEFAULTS,

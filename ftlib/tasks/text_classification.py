@@ -103,7 +103,6 @@ TASK = Task(
     data_arguments=TextDataArguments,
     auto_model="AutoModelForSequenceClassification",
     head_suffix="ForSequenceClassification",
-    run_marker="text_column",
     predict_settings=("text_column", "text_pair_column", "id_column", "max_seq_length", "truncation", "head_fraction"),
     output_suffixes=OUTPUT_SUFFIXES,
     defaults=DEFAULTS,

@@ -156,7 +156,6 @@ TASK = Task(
     data_arguments=TokenDataArguments,
     auto_model="AutoModelForTokenClassification",
     head_suffix="ForTokenClassification",
-    run_marker="tokens_column",
     predict_settings=("tokens_column", "tags_column", "tag_names", "max_seq_length", "stride"),
     output_suffixes=OUTPUT_SUFFIXES,
     defaults=DEFAULTS,

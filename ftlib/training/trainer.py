@@ -228,7 +228,8 @@ class FtTrainer(Trainer):
     """``Trainer`` with ftlib's optimizer groups, loss and safety checks. Extra keyword arguments:
     ``ft_args`` (:class:`FineTuneArguments`), ``anatomy``, ``class_weights`` (a tensor or None) and
     ``train_batch_transform`` (applied to training batches only, e.g. mixup / cutmix) and ``token_loss_normalizer``
-    (token classification: every labelled token weighs the same in training, see :meth:`compute_loss`)."""
+    (token classification: every labelled token weighs the same in training, see :meth:`compute_loss`) and
+    ``model_token_loss`` (causal LMs: the model's loss, averaged over the answer tokens of a whole step)."""
 
     def __init__(
         self,
@@ -238,6 +239,7 @@ class FtTrainer(Trainer):
         class_weights=None,
         train_batch_transform=None,
         token_loss_normalizer: float | None = None,
+        model_token_loss: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -246,7 +248,11 @@ class FtTrainer(Trainer):
         # with --gradient_accumulation_steps N the gradients came out N times too large. The models' own losses
         # are per-batch means, divided by N by Trainer; ftlib's own loss (class weights, soft targets, per-token)
         # brings its own ``num_items_in_batch``, the accumulated batch's summed weight (see get_batch_samples).
-        self.model_accepts_loss_kwargs = False
+        # ``model_token_loss`` (causal LMs): the model's own loss is a token sum divided by ``num_items_in_batch``,
+        # the answer tokens of the whole accumulated batch on every process (Trainer's average_tokens_across_devices):
+        # each answer token weighs the same in a step, however the rows fall into micro-batches.
+        if not model_token_loss:
+            self.model_accepts_loss_kwargs = False
         self.ft_args = ft_args
         self.train_batch_transform = train_batch_transform
         self.anatomy = anatomy or find_anatomy(self.model, ft_args.blocks_pattern)

@@ -1,0 +1,98 @@
+"""recipes/causal_lm.py end to end on a tiny random Llama with SmolLM2's tokenizer and chat template: LoRA and full
+fine-tuning, the four data shapes' chat case, packing, generation scores, the outputs (adapter or merged model,
+tokenizer with its template, generation config), ftlib-predict and transformers' pipeline on them, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import TrainingArguments
+
+import causal_lm
+from ftlib.run.cli import parse_args
+from ftlib.strategy.arguments import FineTuneArguments
+from ftlib.tasks.causal_lm import CausalLMDataArguments
+from ftlib.training.arguments import CausalLMModelArguments
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PARSE = (CausalLMModelArguments, CausalLMDataArguments, FineTuneArguments, TrainingArguments)
+ANSWERS = {"red": "ROJO", "blue": "AZUL", "green": "VERDE", "white": "BLANCO"}
+
+
+def chats(path: Path, rows: int = 24) -> Path:
+    colours = list(ANSWERS)
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(rows):
+            colour = colours[i % len(colours)]
+            turns = [{"role": "system", "content": "Answer in Spanish capitals."},
+                     {"role": "user", "content": f"Colour {colour}?"},
+                     {"role": "assistant", "content": ANSWERS[colour]}]
+            handle.write(json.dumps({"messages": turns}) + "\n")
+    return path
+
+
+def run(tmp_path: Path, model_dir: Path, *extra: str, rows: int = 24) -> tuple[dict, Path]:
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(model_dir), "--train_file", str(chats(tmp_path / "train.jsonl", rows)),
+            "--validation_file", str(chats(tmp_path / "validation.jsonl", 8)), "--output_dir", str(out),
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_steps", "6",
+            "--learning_rate", "5e-3", "--use_cpu", "true", "--seed", "0", "--max_seq_length", "64",
+            "--save_strategy", "no", "--eval_strategy", "no", "--max_new_tokens", "4", *extra]
+    metrics = causal_lm.main(*parse_args(PARSE, argv, defaults=causal_lm.RECIPE_DEFAULTS))
+    return metrics, out
+
+
+def test_lora_chat_run_writes_an_adapter_that_ftlib_predict_answers_with(tmp_path, tiny_llama_dir):
+    metrics, out = run(tmp_path, tiny_llama_dir, "--generation_eval", "4")
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_perplexity"] == pytest.approx(float(__import__("math").exp(results["eval_token_loss"])))
+    assert {"eval_exact_match", "eval_rougeL", "eval_loss"} <= set(results)
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    assert (out / "generation_config.json").is_file() and (out / "MANIFEST.sha256.json").is_file()
+    saved = json.loads((out / "tokenizer_config.json").read_text())
+    assert "chat_template" in saved or (out / "chat_template.jinja").is_file()
+    strategy = json.loads((out / "ftlib_strategy.json").read_text())
+    assert strategy["lora"] is True and strategy["data_format"] == "messages"
+    card = (out / "README.md").read_text()
+    assert "text-generation" in card and 'pipeline("text-generation"' in card
+
+    from ftlib.outputs.predict import predict
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": f"Colour {c}?"}]})
+                                 for i, c in enumerate(["red", "blue", "green"])) + "\n")
+    written = predict(out, prompts, tmp_path / "answers.jsonl", progress=False)
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2"] and all(isinstance(r["generated"], str) for r in rows)
+
+
+def test_full_fine_tuning_learns_the_answers_and_a_merged_pipeline_says_them(tmp_path, tiny_llama_dir):
+    """Full fine-tuning of the tiny model on four fixed answers: the training loss falls, and the saved model answers
+    through ``transformers.pipeline`` with its own chat template."""
+    metrics, out = run(tmp_path, tiny_llama_dir, "--lora", "false", "--max_steps", "40", "--learning_rate", "1e-2")
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses[-1] < 0.5 * losses[0]
+    assert (out / "model.safetensors").is_file()
+    from transformers import pipeline
+
+    generate = pipeline("text-generation", model=str(out), device="cpu")
+    answer = generate([{"role": "user", "content": "Colour blue?"}], max_new_tokens=4, do_sample=False)
+    assert isinstance(answer[0]["generated_text"], list)  # the chat, the model's answer appended
+
+
+def test_packing_trains_and_evaluates_unpacked(tmp_path, tiny_llama_dir):
+    metrics, out = run(tmp_path, tiny_llama_dir, "--packing", "true")
+    assert metrics["eval_perplexity"] > 1.0 and (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--cv_folds", "3"], "--cv_folds: not supported for causal LMs"),
+    (["--load_in_4bit", "true"], "CUDA"),
+])
+def test_refused_before_anything_is_written(tmp_path, tiny_llama_dir, flags, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, tiny_llama_dir, *flags)
+    assert not (tmp_path / "out").exists()
