@@ -41,7 +41,7 @@ from ftlib.small_data import (
     reinit_top_blocks,
     set_batch_norm,
 )
-from ftlib.tracking import GroupLearningRateCallback
+from ftlib.tracking import ConsoleView, GroupLearningRateCallback, class_names, group_key, use_console_view
 from ftlib.unfreeze import GradualUnfreezeCallback, staged_parameters
 
 logger = logging.getLogger(__name__)
@@ -279,6 +279,12 @@ class FtTrainer(Trainer):
             self.add_callback(EarlyStoppingCallback(ft_args.early_stopping_patience, ft_args.early_stopping_threshold))
         # lr/<group> and unfreeze/stage in every training log, ahead of the trackers (ftlib.tracking)
         GroupLearningRateCallback.install(self, (lambda: self._gradual.unfrozen_stages) if self._gradual else None)
+        # the progress output prints the loss, two of those rates, the grad norm and the headline metrics
+        names = self.anatomy.group_names()
+        use_console_view(self, ConsoleView(
+            base_key=group_key({"name": names[self.anatomy.num_blocks]}, 0), head_key=group_key({"name": names[-1]}, 0),
+            classes=class_names(getattr(getattr(self.model, "config", None), "id2label", None)),
+        ))
         self.last_eval_output = None  # the latest "eval" predictions and labels, for the report (ftlib.report)
 
     # -- training budget -----------------------------------------------------------------------------
