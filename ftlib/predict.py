@@ -247,9 +247,23 @@ def data_settings(folder: ModelFolder, overrides: dict[str, Any]) -> dict[str, A
     return settings
 
 
-def read_input(task: str, path: str | Path, settings: dict[str, Any], num_threads: int | None = None):
+def usable_id_column(data, settings: dict[str, Any], source: str, given: bool, fallback: str) -> str | None:
+    """The id column to read: ``settings["id_column"]``, or None where that column came from the run's config (not a
+    flag: ``given`` False) and the input lacks it, since new data rarely carries the training set's ids; said once,
+    with what names the rows instead (``fallback``). A column asked for by a flag must exist."""
+    column = settings["id_column"]
+    if column is None or given or column in data.column_names:
+        return column
+    logger.warning("%s has no column '%s' (the run's --id_column): the predictions are identified by %s instead; "
+                   "--id_column names another column", source, column, fallback)
+    return None
+
+
+def read_input(task: str, path: str | Path, settings: dict[str, Any], num_threads: int | None = None,
+               id_column_given: bool = True):
     """The rows to predict, read by ftlib.data as training reads them, checked (columns, images) before any model
-    loads; returns ``(dataset, ids)``, one id per row in input order."""
+    loads; returns ``(dataset, ids)``, one id per row in input order. ``id_column_given`` False: the id column is the
+    run's, and rows are numbered (images: named by their paths) when the input lacks it."""
     from ftlib.data.files import empty_rows, load_files, require_columns
 
     path = Path(path)
@@ -274,7 +288,8 @@ def read_input(task: str, path: str | Path, settings: dict[str, Any], num_thread
     else:
         data = load_files({"predict": str(path)})["predict"]
     if task == "text":
-        columns = [settings["text_column"], settings["text_pair_column"], settings["id_column"]]
+        id_column = usable_id_column(data, settings, source, id_column_given, "their row numbers (0, 1, ...)")
+        columns = [settings["text_column"], settings["text_pair_column"], id_column]
         require_columns(data, columns, source)
         empty = empty_rows(data, columns[:2])
         if len(empty) == len(data):
@@ -284,12 +299,13 @@ def read_input(task: str, path: str | Path, settings: dict[str, Any], num_thread
             first = ", ".join(str(r + 1) for r in empty[:10]) + (", ..." if len(empty) > 10 else "")
             logger.warning("%s: %d of %d rows have an empty text (data rows %s); predicted as empty input",
                            source, len(empty), len(data), first)
-        ids = data[settings["id_column"]] if settings["id_column"] else list(range(len(data)))
+        ids = data[id_column] if id_column else list(range(len(data)))
         return data, list(ids)
     from ftlib.data.image import image_ids, image_references, scan_images
 
     column = settings["image_column"]
-    id_column = None if path.is_dir() else settings["id_column"]  # a folder's images are named by their paths
+    # a folder's images are named by their paths
+    id_column = None if path.is_dir() else usable_id_column(data, settings, source, id_column_given, "their image paths")
     require_columns(data, [column, id_column], source)
     data = image_references(data, column, None if path.is_dir() else path)
     missing = empty_rows(data, [column])
@@ -495,7 +511,8 @@ def predict(model: str | Path, input: str | Path, output: str | Path, *, task: s
         from ftlib.data.image import default_num_workers
 
         num_workers = default_num_workers()
-    data, ids = read_input(folder.task, input, settings, num_threads=num_workers or None)
+    data, ids = read_input(folder.task, input, settings, num_threads=num_workers or None,
+                           id_column_given=overrides.get("id_column") is not None)
     thresholds = 0.5
     if folder.problem_type == MULTI:
         from ftlib.thresholds import THRESHOLDS_FILE, read_thresholds
