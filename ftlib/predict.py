@@ -16,7 +16,9 @@ label over its threshold, ``;``-joined, with the thresholds tuned at the end of 
 regression: ``value``); for tokens the predicted tag of every word (read at its first sub-token) as CoNLL
 (``word<TAB>predicted``, or ``word<TAB>gold<TAB>predicted`` when the input has tags, like the recipe's
 ``test_predictions.conll``) or JSON lines. Bad input (a missing column, an image that does not decode, a folder
-that is not a model) stops with an error naming it before the model loads.
+that is not a model) stops with an error naming it before the model loads; only the run's id column may be missing
+(new data rarely carries the training set's ids): the rows are then numbered (images named by their paths), with a
+warning.
 """
 
 from __future__ import annotations
