@@ -303,8 +303,7 @@ class FtTrainer(Trainer):
             classes=class_names(getattr(getattr(self.model, "config", None), "id2label", None)),
         ))
         self.resumed_from: str | None = None  # the checkpoint train() resumes from
-        # first, so that it prints before the progress bar starts: a public hook for what was once an override of
-        # Trainer._load_optimizer_and_scheduler
+        # a callback, the first: it runs once Trainer has restored a checkpoint's optimizer, before the progress bar
         self.callback_handler.callbacks.insert(0, TrainBeginCallback(self.show_restored_rates))
         self.last_eval_output = None  # the latest "eval" predictions and labels, for the report (ftlib.report)
 
