@@ -163,8 +163,8 @@ def test_new_data_without_the_runs_id_column_is_numbered_by_row(tmp_path, caplog
         data, ids = fpredict.read_input("text", texts, settings, id_column_given=False)
     assert ids == [0, 1, 2] and data["text"] == ["good", "bad", "fine"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [f"{texts} has no column 'id' (the run's --id_column): the predictions are identified by "
-                        "their row numbers (0, 1, ...) instead; --id_column names another column"]
+    assert warnings == [(f"{texts} has no column 'id' (the run's --id_column): the predictions are identified by "
+                         "their row numbers (0, 1, ...) instead; --id_column names another column")]
     with pytest.raises(ValueError, match=rf"{texts}: no column 'id'; the columns are text"):
         fpredict.read_input("text", texts, settings, id_column_given=True)
     # a file that has the column keeps its ids, without a word

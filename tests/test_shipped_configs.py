@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from transformers import TrainingArguments
 
-from ftlib.args import FineTuneArguments, ImageDataArguments, ModelArguments, TextDataArguments, TokenDataArguments
+from ftlib.args import (
+    FineTuneArguments,
+    ImageDataArguments,
+    ModelArguments,
+    TextDataArguments,
+    TokenDataArguments,
+)
 from ftlib.cli import parse_args
 from ftlib.data.files import load_files
 from ftlib.data.token import read_token_file
