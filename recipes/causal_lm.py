@@ -42,7 +42,12 @@ from ftlib.tasks.causal_lm_data import (
     load_causal_lm_data,
     prepare_tokenizer,
 )
-from ftlib.tasks.causal_lm_generate import CausalLMTrainer, GenerationEval, generate_answers, score_generations
+from ftlib.tasks.causal_lm_generate import (
+    CausalLMTrainer,
+    GenerationEval,
+    generate_answers,
+    score_generations,
+)
 from ftlib.training.arguments import CausalLMModelArguments
 from ftlib.training.checkpoints import prepare_checkpoint, public_name
 from ftlib.training.decoder import check_load_in_4bit, ensure_pad_token, load_causal_lm
@@ -52,7 +57,7 @@ from ftlib.training.trainer import prepare_model
 logger = logging.getLogger("ftlib.causal_lm")
 
 # The task's default strategy (a config or the command line overrides it); in a notebook: TASK.strategy().
-RECIPE_DEFAULTS = TASK.defaults
+RECIPE_DEFAULTS = dict(TASK.defaults)  # a copy: tests set the budget on it, not on the task
 
 
 def main(

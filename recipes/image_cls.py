@@ -73,7 +73,7 @@ from ftlib.training.trainer import FtTrainer, class_weights_from_labels, prepare
 logger = logging.getLogger("ftlib.image_cls")
 
 # The task's default strategy (a config or the command line overrides it); in a notebook: TASK.strategy().
-RECIPE_DEFAULTS = TASK.defaults
+RECIPE_DEFAULTS = dict(TASK.defaults)  # a copy: tests set the budget on it, not on the task
 
 
 def main(

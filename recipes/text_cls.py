@@ -49,7 +49,7 @@ from ftlib.training.modeling import load_config_for_labels, load_model, load_tok
 from ftlib.training.trainer import FtTrainer, class_weights_from_labels, prepare_model
 
 # The task's default strategy (a config or the command line overrides it); in a notebook: TASK.strategy().
-RECIPE_DEFAULTS = TASK.defaults
+RECIPE_DEFAULTS = dict(TASK.defaults)  # a copy: tests set the budget on it, not on the task
 
 
 def main(

@@ -78,7 +78,7 @@ from ftlib.training.trainer import (
 )
 
 # The task's default strategy (a config or the command line overrides it); in a notebook: TASK.strategy().
-RECIPE_DEFAULTS = TASK.defaults
+RECIPE_DEFAULTS = dict(TASK.defaults)  # a copy: tests set the budget on it, not on the task
 
 
 def load_sentences(data_args: TokenDataArguments, cache_dir: str | None = None, keep: tuple[str, ...] = ()) -> DatasetDict:

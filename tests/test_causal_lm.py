@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import causal_lm
 import pytest
 from transformers import TrainingArguments
 
-import causal_lm
 from ftlib.run.cli import parse_args
 from ftlib.strategy.arguments import FineTuneArguments
 from ftlib.tasks.causal_lm import CausalLMDataArguments

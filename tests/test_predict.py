@@ -27,6 +27,7 @@ from ftlib.outputs.predict import PredictError, predict
 from ftlib.run.cli import parse_args
 from ftlib.strategy.arguments import FineTuneArguments
 from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.registry import TASKS
 from ftlib.tasks.text_classification import TextDataArguments
 from ftlib.tasks.thresholds import best_threshold, thresholds_wanted, tune_thresholds
 from ftlib.tasks.token_classification import TokenDataArguments
@@ -150,6 +151,49 @@ def test_every_row_kept_in_order_empty_text_predicted_and_columns_overridden(tex
     assert rows[1]["label"] == "pos" and rows[3]["label"] == "neg"
     # the empty texts are predicted (all as the same empty input), never dropped
     assert rows[0]["prob_pos"] == rows[2]["prob_pos"] == rows[4]["prob_pos"]
+
+
+def test_new_data_without_the_runs_id_column_is_numbered_by_row(tmp_path, caplog):
+    """New data rarely carries the training set's ids: the run's --id_column (from its config.yaml) falls back to
+    row numbers, or for images to their paths, said once; an --id_column given as a flag must exist."""
+    texts = write_csv(tmp_path / "new.csv", [{"text": t} for t in ("good", "bad", "fine")])
+    settings = {"text_column": "text", "text_pair_column": None, "id_column": "id"}
+    with caplog.at_level("WARNING", logger="ftlib.outputs.predict"):
+        data, ids = TASKS["text"].read_input(texts, settings, {})
+    assert ids == [0, 1, 2] and data["text"] == ["good", "bad", "fine"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [(f"{texts} has no column 'id' (the run's --id_column): the predictions are identified by "
+                         "their row numbers (0, 1, ...) instead; --id_column names another column")]
+    with pytest.raises(ValueError, match=rf"{texts}: no column 'id'; the columns are text"):
+        TASKS["text"].read_input(texts, settings, {"given": {"id_column"}})
+    # a file that has the column keeps its ids, without a word
+    caplog.clear()
+    with_ids = write_csv(tmp_path / "ids.csv", [{"id": "a7", "text": "good"}])
+    assert TASKS["text"].read_input(with_ids, settings, {})[1] == ["a7"]
+    assert not caplog.records
+
+    colour_image("red", 0).save(tmp_path / "red.png")
+    colour_image("blue", 1).save(tmp_path / "blue.png")
+    images = write_csv(tmp_path / "images.csv", [{"path": "red.png"}, {"path": "blue.png"}])
+    image_settings = {"image_column": "path", "id_column": "id", "check_images": True}
+    _, ids = TASKS["image"].read_input(images, image_settings, {})
+    assert [Path(i).name for i in ids] == ["red.png", "blue.png"]
+    assert "the predictions are identified by their image paths" in caplog.text
+    with pytest.raises(ValueError, match=rf"{images}: no column 'id'"):
+        TASKS["image"].read_input(images, image_settings, {"given": {"id_column"}})
+
+
+@pytest.mark.slow
+def test_predict_command_on_text_alone_numbers_the_rows(text_run, tmp_path, caplog):
+    """The demo's case: the run trained with --id_column id, new.csv holds only the text column."""
+    new = write_csv(tmp_path / "new.csv", [{"review": t} for t in TEST_TEXTS[:3]])
+    assert fpredict.main(["--model", str(text_run), "--input", str(new), "--output", str(tmp_path / "p.csv"),
+                          "--disable_tqdm"]) == 0
+    assert [r["id"] for r in read_csv(tmp_path / "p.csv")] == ["0", "1", "2"]
+    assert caplog.text.count("has no column 'id'") == 1
+    assert fpredict.main(["--model", str(text_run), "--input", str(new), "--output", str(tmp_path / "q.csv"),
+                          "--id_column", "id", "--disable_tqdm"]) == 1  # asked for by name: it must be there
+    assert not (tmp_path / "q.csv").exists()
 
 
 @pytest.mark.slow

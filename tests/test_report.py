@@ -35,9 +35,9 @@ def assert_png(path):
 
 
 def test_curves_equal_log_history():
-    curves = report.loss_curves(LOGS, beta=0.5)
+    curves = report.loss_curves(LOGS, half_life=2)
     assert curves["steps"] == [2, 4, 6] and curves["loss"] == [1.0, 0.5, 0.25]
-    # debiased EMA: avg 0.5, 0.5, 0.375 over 1 - 0.5**k
+    # debiased EMA, a half-life of 2 steps at points 2 steps apart (0.5 a point): avg 0.5, 0.5, 0.375 over 1 - 0.5**k
     assert curves["smoothed"] == pytest.approx([1.0, (0.5 * 0.5 + 0.5 * 0.5) / 0.75, 0.375 / 0.875])
     assert curves["eval_steps"] == [4, 8] and curves["eval_loss"] == [0.7, 0.4]
     assert report.metric_curve(LOGS, "accuracy") == {"name": "eval_accuracy", "steps": [4, 8], "values": [0.6, 0.9]}
@@ -48,6 +48,25 @@ def test_curves_equal_log_history():
     # without per-group entries: Trainer's single learning_rate
     plain = [{k: v for k, v in row.items() if not k.startswith("lr/")} for row in LOGS]
     assert report.lr_curves(plain) == {"learning_rate": {"steps": [2, 4, 6], "values": [1e-3, 2e-3, 1e-3]}}
+
+
+def test_smoothed_loss_is_debiased_and_its_window_counted_in_steps():
+    steps = list(range(10, 210, 10))
+    # a constant is itself from the first point (no pull towards 0, nor towards anything else)
+    assert report.smooth(steps, [0.7] * 20) == pytest.approx([0.7] * 20)
+    # the demo's shape: a loss falling from 1.5 to 0.01 in 100 steps, logged every 10; the curve stays inside the
+    # raw range, and at step 100 sits near the raw 0.01 (the old smoothing, 0.9 a logged point: 0.243)
+    falling = [1.5 * (0.01 / 1.5) ** min(1.0, (s - 10) / 90) for s in steps]
+    smoothed = report.smooth(steps, falling)
+    assert all(min(falling) <= y <= max(falling) for y in smoothed) and smoothed[0] == pytest.approx(1.5)
+    assert all(y >= x for x, y in zip(falling, smoothed))  # a weighted mean of the values so far: above a falling one
+    assert smoothed[9] == pytest.approx(0.0292, abs=1e-4) and smoothed[-1] == pytest.approx(0.01, abs=1e-4)
+    # the window is in steps, not points: logged every step or every 10, the curves agree where both have a point
+    every_step = report.smooth(range(1, 201), [1.5 * (0.01 / 1.5) ** min(1.0, (s - 1) / 99) for s in range(1, 201)])
+    assert every_step[99] == pytest.approx(0.0306, abs=1e-4) and every_step[-1] == pytest.approx(0.01, abs=1e-4)
+    assert every_step[99] == pytest.approx(smoothed[9], rel=0.1)
+    # points 10 steps apart with a half-life of 10 steps: each new point weighs as much as all the earlier ones
+    assert report.smooth([10, 20], [1.0, 0.0]) == pytest.approx([1.0, 0.5 * 0.5 / 0.75])
 
 
 def test_unfreeze_marks_from_logs_and_from_the_schedule():

@@ -16,7 +16,9 @@ label over its threshold, ``;``-joined, with the thresholds tuned at the end of 
 regression: ``value``); for tokens the predicted tag of every word (read at its first sub-token) as CoNLL
 (``word<TAB>predicted``, or ``word<TAB>gold<TAB>predicted`` when the input has tags, like the recipe's
 ``test_predictions.conll``) or JSON lines. Bad input (a missing column, an image that does not decode, a folder
-that is not a model) stops with an error naming it before the model loads.
+that is not a model) stops with an error naming it before the model loads; only the run's id column may be missing
+(new data rarely carries the training set's ids): the rows are then numbered (images named by their paths), with a
+warning.
 """
 
 from __future__ import annotations
@@ -250,12 +252,13 @@ def predict(model: str | Path, input: str | Path, output: str | Path, *, task: s
     if batch_size is not None and batch_size < 1:
         raise PredictError(f"--batch_size must be >= 1, got {batch_size}")
     options = {"batch_size": batch_size or int(settings["per_device_eval_batch_size"]), "num_workers": num_workers,
-               "threshold": threshold, "progress": progress}
+               "threshold": threshold, "progress": progress,
+               "given": {k for k, v in overrides.items() if v is not None}}
     folder.task.check_predict(folder, options)
     path = Path(input)
     if not path.exists():
         raise PredictError(f"--input {path}: no such file or folder")
-    data, ids = folder.task.read_input(path, settings, num_workers)
+    data, ids = folder.task.read_input(path, settings, options)
 
     import torch
 

@@ -41,13 +41,24 @@ TOP_K = 16
 
 
 # -- curves, from log_history -------------------------------------------------------------------------------
-def smooth(values: Sequence[float], beta: float = 0.9) -> list[float]:
-    """Exponential moving average with bias correction (fastai's ``SmoothenValue``): early points are not
-    pulled towards zero."""
-    out, avg = [], 0.0
-    for i, value in enumerate(values):
-        avg = beta * avg + (1 - beta) * value
-        out.append(avg / (1 - beta ** (i + 1)))
+SMOOTHING_HALF_LIFE = 10  # optimizer steps after which a logged loss weighs half as much in the smoothed curve
+
+
+def smooth(steps: Sequence[float], values: Sequence[float], half_life: float = SMOOTHING_HALF_LIFE) -> list[float]:
+    """Exponential moving average of ``values`` logged at ``steps``, its window counted in optimizer steps: a value
+    weighs half as much ``half_life`` steps later, however often the run logs (a logged loss is already the mean
+    over its logging interval). The average starts empty at step 0 and is debiased (divided by the weight it holds,
+    ``1 - beta ** t`` for evenly spaced points, as fastai's ``SmoothenValue``): each output is a weighted mean of the
+    values so far, so a constant stays constant from the first point and the curve never leaves the raw range."""
+    out: list[float] = []
+    total = weight = 0.0
+    previous = 0.0
+    for step, value in zip(steps, values):
+        decay = 0.5 ** (max(1.0, step - previous) / half_life)  # two logs at one step: one step apart
+        total = decay * total + (1 - decay) * value
+        weight = decay * weight + (1 - decay)
+        out.append(total / weight)
+        previous = step
     return out
 
 
@@ -56,11 +67,12 @@ def _series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in rows], [v for _, v in rows]
 
 
-def loss_curves(log_history: list[dict], beta: float = 0.9) -> dict[str, list]:
-    """Training loss by logging step (raw and smoothed) and evaluation loss by evaluation step."""
+def loss_curves(log_history: list[dict], half_life: float = SMOOTHING_HALF_LIFE) -> dict[str, list]:
+    """Training loss by logging step (raw and smoothed over ``half_life`` steps, :func:`smooth`) and evaluation loss
+    by evaluation step."""
     steps, loss = _series(log_history, "loss")
     eval_steps, eval_loss = _series(log_history, "eval_loss")
-    return {"steps": steps, "loss": loss, "smoothed": smooth(loss, beta), "eval_steps": eval_steps,
+    return {"steps": steps, "loss": loss, "smoothed": smooth(steps, loss, half_life), "eval_steps": eval_steps,
             "eval_loss": eval_loss}
 
 

@@ -52,8 +52,8 @@ class PredictError(ValueError):
 
 @dataclass(frozen=True)
 class Task:
-    """A task as the shared code sees it. ``read_input(path, settings, num_workers) -> (rows, ids)`` reads and
-    checks the input before any model loads; ``predict(model, folder, rows, ids, settings, output, options)`` writes
+    """A task as the shared code sees it. ``read_input(path, settings, options) -> (rows, ids)`` reads and
+    checks the input before any model loads (``options["given"]``: the settings given as flags, not by the run); ``predict(model, folder, rows, ids, settings, output, options)`` writes
     one prediction per row (``options``: batch_size, num_workers, device, progress, threshold);
     ``check_predict(folder, options)`` refuses options that do not apply, before the model loads."""
 

@@ -56,7 +56,7 @@ def prompt_format(columns: list[str], settings: dict[str, Any], source: str) -> 
     raise PredictError(f"{source}: no prompt column ({wanted}); it has {sorted(columns)}")
 
 
-def read_input(path: Path, settings: dict[str, Any], num_workers: int | None = None):
+def read_input(path: Path, settings: dict[str, Any], options: dict[str, Any]):
     """Prompt rows from a jsonl / json / csv / parquet file, in the run's columns: ``messages`` (turns, answered
     after the last user turn), ``prompt``, or ``instruction`` (+ ``input``); every row checked before the model
     loads. Ids: an ``id`` column, else the row numbers."""

@@ -20,6 +20,18 @@ MULTI, REGRESSION = "multi_label_classification", "regression"
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 
+def usable_id_column(data, settings: dict[str, Any], source: str, given: bool, fallback: str) -> str | None:
+    """The id column to read: ``settings["id_column"]``, or None where that column came from the run's config (not a
+    flag: ``given`` False) and the input lacks it, since new data rarely carries the training set's ids; said once,
+    with what names the rows instead (``fallback``). A column asked for by a flag must exist."""
+    column = settings["id_column"]
+    if column is None or given or column in data.column_names:
+        return column
+    logger.warning("%s has no column '%s' (the run's --id_column): the predictions are identified by %s instead; "
+                   "--id_column names another column", source, column, fallback)
+    return None
+
+
 def check_predict(folder, options: dict[str, Any]) -> None:
     """``--threshold`` applies to multi-label models only."""
     if options.get("threshold") is not None and folder.problem_type != MULTI:

@@ -13,7 +13,7 @@ from ftlib.core.system import default_num_workers
 from ftlib.data.arguments import DataArguments, tune_thresholds_field
 from ftlib.data.knobs import check_knobs
 from ftlib.tasks.base import TRAINING_DEFAULTS, PredictError, Task
-from ftlib.tasks.classification import OUTPUT_SUFFIXES, check_predict, predict_with_loader
+from ftlib.tasks.classification import OUTPUT_SUFFIXES, check_predict, predict_with_loader, usable_id_column
 
 
 @dataclass
@@ -132,7 +132,7 @@ DEFAULTS = {
 }
 
 
-def read_input(path: Path, settings: dict[str, Any], num_workers: int | None = None):
+def read_input(path: Path, settings: dict[str, Any], options: dict[str, Any]):
     """A folder (every image under it, sorted by path, named by its path) or a csv / jsonl / parquet file of image
     paths relative to the file; every image decoded once first (``check_images``, in ``num_workers`` threads)."""
     from ftlib.data.files import empty_rows, load_files, require_columns
@@ -143,7 +143,9 @@ def read_input(path: Path, settings: dict[str, Any], num_workers: int | None = N
         data = list_image_folder(path, column)
     else:
         data = load_files({"predict": str(path)})["predict"]
-    id_column = None if path.is_dir() else settings["id_column"]  # a folder's images are named by their paths
+    # a folder's images are named by their paths
+    id_column = None if path.is_dir() else usable_id_column(data, settings, str(path), "id_column" in
+                                                             options.get("given", ()), "their image paths")
     require_columns(data, [column, id_column], str(path))
     data = image_references(data, column, None if path.is_dir() else path)
     missing = empty_rows(data, [column])
@@ -151,7 +153,7 @@ def read_input(path: Path, settings: dict[str, Any], num_workers: int | None = N
         raise PredictError(f"{path}: data row {missing[0] + 1} has no image in column '{column}'"
                            + (f" ({len(missing)} rows in all)" if len(missing) > 1 else ""))
     if settings["check_images"]:
-        scan_images(data, column, num_threads=num_workers or default_num_workers() or None)  # names a corrupt file
+        scan_images(data, column, num_threads=options.get("num_workers") or default_num_workers() or None)  # names a corrupt file
     ids = data[id_column] if id_column else image_ids(data, column)
     return data, list(ids)
 

@@ -11,7 +11,7 @@ from typing import Any
 from ftlib.core.options import refuse_without
 from ftlib.data.arguments import DataArguments, tune_thresholds_field
 from ftlib.tasks.base import ENCODER_STRATEGY, TRAINING_DEFAULTS, PredictError, Task
-from ftlib.tasks.classification import OUTPUT_SUFFIXES, check_predict, predict_with_loader
+from ftlib.tasks.classification import OUTPUT_SUFFIXES, check_predict, predict_with_loader, usable_id_column
 
 logger = logging.getLogger("ftlib.outputs.predict")
 
@@ -58,7 +58,7 @@ DEFAULTS = {
 }
 
 
-def read_input(path: Path, settings: dict[str, Any], num_workers: int | None = None):
+def read_input(path: Path, settings: dict[str, Any], options: dict[str, Any]):
     """The rows of a csv / tsv / json / jsonl / parquet file with the run's text column(s), read as training reads
     them; an empty text is predicted as such (warned), every row empty is an error. Ids: ``--id_column``, else the
     row numbers (said once when the run had an id column the input lacks)."""
@@ -67,7 +67,9 @@ def read_input(path: Path, settings: dict[str, Any], num_workers: int | None = N
     if path.is_dir():
         raise PredictError(f"--input {path} is a folder; text is read from a csv, tsv, json, jsonl or parquet file")
     data = load_files({"predict": str(path)})["predict"]
-    columns = [settings["text_column"], settings["text_pair_column"], settings["id_column"]]
+    id_column = usable_id_column(data, settings, str(path), "id_column" in options.get("given", ()),
+                                 "their row numbers (0, 1, ...)")
+    columns = [settings["text_column"], settings["text_pair_column"], id_column]
     require_columns(data, columns, str(path))
     empty = empty_rows(data, columns[:2])
     if len(empty) == len(data):
@@ -77,7 +79,7 @@ def read_input(path: Path, settings: dict[str, Any], num_workers: int | None = N
         first = ", ".join(str(r + 1) for r in empty[:10]) + (", ..." if len(empty) > 10 else "")
         logger.warning("%s: %d of %d rows have an empty text (data rows %s); predicted as empty input",
                        path, len(empty), len(data), first)
-    ids = data[settings["id_column"]] if settings["id_column"] else list(range(len(data)))
+    ids = data[id_column] if id_column else list(range(len(data)))
     return data, list(ids)
 
 

@@ -82,7 +82,7 @@ DEFAULTS = {
 OUTPUT_SUFFIXES = (".conll", ".txt", ".jsonl")
 
 
-def read_input(path: Path, settings: dict[str, Any], num_workers: int | None = None):
+def read_input(path: Path, settings: dict[str, Any], options: dict[str, Any]):
     """Sentences from a CoNLL file (a word a line, any tag columns after it kept as gold) or JSON lines of word
     lists; ids are the sentences' ids."""
     from ftlib.data.token import read_token_file

@@ -5,6 +5,12 @@ optimizer's parameters and learning rates come from, the loss when class weights
 labels are in play, a stop on a non-finite loss, and gradient sync for blocks unfrozen after the
 model was wrapped for DDP. Everything else (schedulers, checkpoints, resume, logging, Hub) is
 Trainer's own.
+
+Where transformers has no public hook for a change (no callback can skip an epoch's first step, choose the
+samplers or change what a search trial is told), ``FtTrainer`` overrides a private Trainer method:
+``_run_epoch``, ``_get_train_sampler``, ``_get_eval_sampler`` and ``_report_to_hp_search``.
+tests/test_transformers_contract.py checks that the installed transformers still has and calls each of them with
+the parameters used here, and pyproject.toml pins the transformers releases those tests passed on.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from accelerate.utils import DistributedType
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import SequentialSampler
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, get_last_checkpoint, has_length
 
@@ -42,7 +48,13 @@ from ftlib.strategy.small_data import (
     set_batch_norm,
 )
 from ftlib.strategy.unfreeze import GradualUnfreezeCallback, staged_parameters
-from ftlib.training.tracking import GroupLearningRateCallback
+from ftlib.training.tracking import (
+    ConsoleView,
+    GroupLearningRateCallback,
+    class_names,
+    group_key,
+    use_console_view,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +236,17 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.epoch += 1  # the next pass reshuffles even where nobody calls set_epoch
 
 
+class TrainBeginCallback(TrainerCallback):
+    """Calls ``action()`` when training begins, once Trainer has restored a checkpoint's optimizer, scheduler and
+    state (a resumed run) and before the first step."""
+
+    def __init__(self, action):
+        self.action = action
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.action()
+
+
 class FtTrainer(Trainer):
     """``Trainer`` with ftlib's optimizer groups, loss and safety checks. Extra keyword arguments:
     ``ft_args`` (:class:`FineTuneArguments`), ``anatomy``, ``class_weights`` (a tensor or None) and
@@ -292,6 +315,15 @@ class FtTrainer(Trainer):
             self.add_callback(EarlyStoppingCallback(ft_args.early_stopping_patience, ft_args.early_stopping_threshold))
         # lr/<group> and unfreeze/stage in every training log, ahead of the trackers (ftlib.training.tracking)
         GroupLearningRateCallback.install(self, (lambda: self._gradual.unfrozen_stages) if self._gradual else None)
+        # the progress output prints the loss, two of those rates, the grad norm and the headline metrics
+        names = self.anatomy.group_names()
+        use_console_view(self, ConsoleView(
+            base_key=group_key({"name": names[self.anatomy.num_blocks]}, 0), head_key=group_key({"name": names[-1]}, 0),
+            classes=class_names(getattr(getattr(self.model, "config", None), "id2label", None)),
+        ))
+        self.resumed_from: str | None = None  # the checkpoint train() resumes from
+        # a callback, the first: it runs once Trainer has restored a checkpoint's optimizer, before the progress bar
+        self.callback_handler.callbacks.insert(0, TrainBeginCallback(self.show_restored_rates))
         self.last_eval_output = None  # the latest "eval" predictions and labels, for the report (ftlib.outputs.report)
 
     # -- training budget -----------------------------------------------------------------------------
@@ -347,10 +379,11 @@ class FtTrainer(Trainer):
 
     # -- weight averaging, linear probing first ------------------------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        self.resumed_from = checkpoint or None  # what :meth:`show_restored_rates` names
         if self._averaging is not None and resume_from_checkpoint:
-            checkpoint = resume_from_checkpoint
-            if checkpoint is True:
-                checkpoint = get_last_checkpoint(self.args.output_dir)
             self._averaging.load(checkpoint)
         if not resume_from_checkpoint and self.wants_probe_first():  # a resumed run's checkpoint holds the head
             self.probe_first()
@@ -460,11 +493,12 @@ class FtTrainer(Trainer):
             print(f"Optimizer {type(self.optimizer).__name__}, parameter groups:\n{self.group_table}", flush=True)
         return self.optimizer
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
+    def show_restored_rates(self) -> None:
         """Trainer's resume restores the checkpoint's optimizer and scheduler state, learning rates included,
         whatever this run's flags say (``--allow_config_change``): when those rates differ from the table printed
-        by :meth:`create_optimizer`, print the table again with the rates really used (and the model card's)."""
-        super()._load_optimizer_and_scheduler(checkpoint)
+        by :meth:`create_optimizer`, print the table again with the rates really used (and the model card's).
+        Called when training begins (:class:`TrainBeginCallback`), after Trainer has restored that state."""
+        checkpoint = self.resumed_from
         if checkpoint is None or self.optimizer is None or not self.group_table:
             return
         model = self.accelerator.unwrap_model(self.model)
