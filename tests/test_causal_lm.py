@@ -5,10 +5,12 @@ tokenizer with its template, generation config), ftlib-predict and transformers'
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import causal_lm
 import pytest
+import torch
 from transformers import TrainingArguments
 
 from ftlib.run.cli import parse_args
@@ -45,7 +47,7 @@ def run(tmp_path: Path, model_dir: Path, *extra: str, rows: int = 24) -> tuple[d
 
 
 def test_lora_chat_run_writes_an_adapter_that_ftlib_predict_answers_with(tmp_path, tiny_llama_dir):
-    metrics, out = run(tmp_path, tiny_llama_dir, "--generation_eval", "4")
+    _, out = run(tmp_path, tiny_llama_dir, "--generation_eval", "4")
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_perplexity"] == pytest.approx(float(__import__("math").exp(results["eval_token_loss"])))
     assert {"eval_exact_match", "eval_rougeL", "eval_loss"} <= set(results)
@@ -71,7 +73,7 @@ def test_lora_chat_run_writes_an_adapter_that_ftlib_predict_answers_with(tmp_pat
 def test_full_fine_tuning_learns_the_answers_and_a_merged_pipeline_says_them(tmp_path, tiny_llama_dir):
     """Full fine-tuning of the tiny model on four fixed answers: the training loss falls, and the saved model answers
     through ``transformers.pipeline`` with its own chat template."""
-    metrics, out = run(tmp_path, tiny_llama_dir, "--lora", "false", "--max_steps", "40", "--learning_rate", "1e-2")
+    _, out = run(tmp_path, tiny_llama_dir, "--lora", "false", "--max_steps", "40", "--learning_rate", "1e-2")
     state = json.loads((out / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert losses[-1] < 0.5 * losses[0]
@@ -96,3 +98,57 @@ def test_refused_before_anything_is_written(tmp_path, tiny_llama_dir, flags, mes
     with pytest.raises(ValueError, match=message):
         run(tmp_path, tiny_llama_dir, *flags)
     assert not (tmp_path / "out").exists()
+
+
+def clm_command(model_dir: Path, train: Path, validation: Path, out: Path, processes: int, *extra) -> list:
+    """The causal-LM recipe on ``processes`` CPU processes, global batch 8, LoRA, a checkpoint every 2 steps."""
+    from test_multiprocess import free_port
+
+    launcher = [sys.executable] if processes == 1 else [
+        Path(sys.executable).with_name("accelerate"), "launch", "--multi_gpu", "--num_processes", processes,
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port()]
+    return [*launcher, "recipes/causal_lm.py", "--model_name_or_path", model_dir, "--train_file", train,
+            "--validation_file", validation, "--output_dir", out, "--use_cpu", "true", "--max_steps", 6,
+            "--save_strategy", "steps", "--save_steps", 2, "--eval_strategy", "no", "--logging_steps", 1,
+            "--per_device_train_batch_size", 8 // processes, "--per_device_eval_batch_size", 4,
+            "--train_sampling_strategy", "random", "--learning_rate", "5e-3", "--seed", 3, "--lora_dropout", 0,
+            "--max_seq_length", 64, "--disable_tqdm", "true", "--dataloader_pin_memory", "false", *extra]
+
+
+def step_losses(out: Path) -> list[float]:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_on_the_mean_over_all_answer_tokens(tmp_path, tiny_llama_dir, recipe_process):
+    """2 x 4 rows in two gloo processes against 8 rows in one: the step losses (the answer-token mean over the whole
+    global batch, whatever the split of its tokens between the ranks) and the adapter agree."""
+    train, validation = chats(tmp_path / "train.jsonl", 32), chats(tmp_path / "validation.jsonl", 8)
+    for processes in (1, 2):
+        recipe_process(clm_command(tiny_llama_dir, train, validation, tmp_path / f"p{processes}", processes),
+                       tmp_path / f"rec-{processes}").wait()
+    one, two = step_losses(tmp_path / "p1"), step_losses(tmp_path / "p2")
+    assert len(one) == len(two) == 6 and max(one) - min(one) > 1e-3
+    assert two == pytest.approx(one, rel=1e-4)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / f"p{n}" / "adapter_model.safetensors")) for n in (1, 2))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_llama_dir, recipe_process):
+    train, validation = chats(tmp_path / "train.jsonl", 32), chats(tmp_path / "validation.jsonl", 8)
+    whole = recipe_process(clm_command(tiny_llama_dir, train, validation, tmp_path / "whole", 1), tmp_path / "rec-w")
+    whole.wait()
+    out = tmp_path / "killed"
+    killed = recipe_process(clm_command(tiny_llama_dir, train, validation, out, 1), tmp_path / "rec-k", pause="step:5")
+    assert killed.kill_when_paused() == "before step 5, micro-batch 0"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    recipe_process(clm_command(tiny_llama_dir, train, validation, out, 1), tmp_path / "rec-r").wait()
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(folder / "adapter_model.safetensors")) for folder in (out, tmp_path / "whole"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert step_losses(out) == step_losses(tmp_path / "whole")
