@@ -31,6 +31,7 @@ from transformers import AutoConfig, TrainingArguments
 
 from ftlib.data.files import source_name
 from ftlib.data.text import effective_max_length
+from ftlib.outputs.report import REPORT_DIR
 from ftlib.run.cli import parse_args
 from ftlib.run.steps import evaluate, fit, publish, save_model, start_run
 from ftlib.strategy.arguments import FineTuneArguments
@@ -111,8 +112,12 @@ def main(
     if "test" in data.raw and data.data_format != "text":
         metrics.update(generate_test(trainer, tokenizer, data, data_args))
 
-    # -- save, card, manifest, push
+    # -- save, card, manifest, push (the report adds the worst validation answers of the last evaluation)
     save_model(trainer, ft_args)
+    if trainer.is_world_process_zero() and generation is not None and generation.table():
+        report = Path(training_args.output_dir) / REPORT_DIR
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "worst_generations.md").write_text(generation.table(k=20), encoding="utf-8")
     if trainer.is_world_process_zero():
         trainer.accelerator.unwrap_model(trainer.model).generation_config.save_pretrained(training_args.output_dir)
     publish(

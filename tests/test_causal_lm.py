@@ -57,6 +57,7 @@ def test_lora_chat_run_writes_an_adapter_that_ftlib_predict_answers_with(tmp_pat
     assert "chat_template" in saved or (out / "chat_template.jinja").is_file()
     strategy = json.loads((out / "ftlib_strategy.json").read_text())
     assert strategy["lora"] is True and strategy["data_format"] == "messages"
+    assert "| prompt | reference | generated |" in (out / "report" / "worst_generations.md").read_text()
     card = (out / "README.md").read_text()
     assert "text-generation" in card and 'pipeline("text-generation"' in card
 
@@ -83,6 +84,24 @@ def test_full_fine_tuning_learns_the_answers_and_a_merged_pipeline_says_them(tmp
     generate = pipeline("text-generation", model=str(out), device="cpu")
     answer = generate([{"role": "user", "content": "Colour blue?"}], max_new_tokens=4, do_sample=False)
     assert isinstance(answer[0]["generated_text"], list)  # the chat, the model's answer appended
+
+
+def test_merged_lora_output_is_a_plain_model_with_the_adapters_outputs(tmp_path, tiny_llama_dir):
+    """--lora_save merged: a plain transformers folder (no adapter files) whose logits are the trained adapter's."""
+    _, out = run(tmp_path, tiny_llama_dir, "--lora_save", "merged", "--max_steps", "4")
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_model.safetensors").exists()
+    from transformers import AutoModelForCausalLM, pipeline
+
+    merged, base = (AutoModelForCausalLM.from_pretrained(path) for path in (out, tiny_llama_dir))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    assert not torch.allclose(merged(ids).logits, base(ids).logits)  # the adapter's change is in the weights
+    answer = pipeline("text-generation", model=str(out), device="cpu")("Colour red?", max_new_tokens=3, do_sample=False)
+    assert answer[0]["generated_text"].startswith("Colour red?")
+
+
+def test_lr_find_sweeps_the_decoder_and_keeps_nothing(tmp_path, tiny_llama_dir):
+    _, out = run(tmp_path, tiny_llama_dir, "--lr_find", "true", "--lr_find_steps", "12")
+    assert sorted(p.name for p in out.iterdir()) == ["lr_find.png"]  # the sweep's plot, no model, no checkpoint
 
 
 def test_packing_trains_and_evaluates_unpacked(tmp_path, tiny_llama_dir):
