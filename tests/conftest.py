@@ -505,3 +505,12 @@ def fake_hub(monkeypatch) -> list:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake_saved_login")
     return FakeHfApi.calls
+
+
+def pytest_collection_finish(session):
+    """The test modules, and with them torch, transformers and datasets, are imported by now: freeze those
+    objects, so that the ``gc.collect()`` accelerate runs at the start of every ``Trainer.train()`` scans only
+    what the tests create (over the whole heap it took 0.3 to 0.7 s a run, ten times a tiny model's training)."""
+    import gc
+
+    gc.freeze()

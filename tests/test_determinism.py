@@ -15,6 +15,8 @@ from transformers import TrainingArguments
 from ftlib.args import FineTuneArguments, ModelArguments, TextDataArguments
 from ftlib.cli import parse_args
 
+# slow: whole recipe runs, repeated. Fast tests: two runs of one seed give equal weights in test_text_cls.py,
+# accumulation is exact in test_trainer_misc.py and test_token_cls.py.
 pytestmark = pytest.mark.slow
 
 # Accumulation against one big batch, dropout off: the same rows meet the same weights, only the float
