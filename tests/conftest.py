@@ -544,3 +544,12 @@ def tiny_llama_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def pytest_collection_finish(session):
+    """The test modules, and with them torch, transformers and datasets, are imported by now: freeze those
+    objects, so that the ``gc.collect()`` accelerate runs at the start of every ``Trainer.train()`` scans only
+    what the tests create (over the whole heap it took 0.3 to 0.7 s a run, ten times a tiny model's training)."""
+    import gc
+
+    gc.freeze()

@@ -73,7 +73,6 @@ def test_print_config_prints_and_exits_before_anything_loads(tmp_path):
     assert not out.exists()  # no output directory, no data, no model
 
 
-@pytest.mark.slow
 def test_run_writes_config_yaml_that_reproduces_it(tiny_bert_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(2))
     out = tmp_path / "out"

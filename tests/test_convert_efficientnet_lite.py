@@ -88,6 +88,7 @@ def test_converted_logits_equal_an_independent_lite0_forward(checkpoint: Path) -
     assert (ours - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow  # the real Lite0 on 153 photos; the conversion's exactness is the fast test above
 def test_zero_shot_ants_and_bees_as_imagenet_classes(checkpoint: Path) -> None:
     if not HYMENOPTERA_VAL.is_dir():
         pytest.skip(f"{HYMENOPTERA_VAL} absent: ../shared absent")

@@ -138,7 +138,6 @@ def test_flag_checks_before_anything_loads(tiny_bert_dir, tmp_path):
 
 
 # -- end to end -------------------------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_text_cv_only_reports_mean_and_std_of_the_folds_and_keeps_no_model(tiny_bert_dir, tmp_path):
     rows = text_rows()
     train = write_csv(tmp_path / "train.csv", rows)
@@ -184,7 +183,6 @@ def test_text_cv_only_reports_mean_and_std_of_the_folds_and_keeps_no_model(tiny_
     assert verify_manifest(out) == []
 
 
-@pytest.mark.slow
 def test_text_cv_then_the_final_model_as_without_cv(tiny_bert_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", text_rows())
     common = ("--eval_strategy", "epoch", "--save_strategy", "epoch", "--load_best_model_at_end", "true",
@@ -219,7 +217,6 @@ def test_text_cv_then_the_final_model_as_without_cv(tiny_bert_dir, tmp_path):
     assert not any(Path(name).parts[0] == "cv" for name in published)  # the folds' logs stay local
 
 
-@pytest.mark.slow
 def test_token_cv_grouped_by_document_from_json_lines(tiny_bert_dir, tmp_path):
     words = [("John", "B-PER"), ("Mary", "B-PER"), ("Paris", "B-LOC"), ("Berlin", "B-LOC"), ("Google", "B-ORG")]
     rows = []
@@ -256,7 +253,6 @@ def test_token_cv_grouped_by_document_from_json_lines(tiny_bert_dir, tmp_path):
         token_cls.main(*parse_args(parse, argv, defaults=token_cls.RECIPE_DEFAULTS))
 
 
-@pytest.mark.slow
 def test_image_cv_only_evaluates_the_held_out_images_without_augmentation(tiny_vit_dir, tmp_path):
     rows = []
     for i in range(18):

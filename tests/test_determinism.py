@@ -17,6 +17,8 @@ from ftlib.strategy.arguments import FineTuneArguments
 from ftlib.tasks.text_classification import TextDataArguments
 from ftlib.training.arguments import ModelArguments
 
+# slow: whole recipe runs, repeated. Fast tests: two runs of one seed give equal weights in test_text_cls.py,
+# accumulation is exact in test_trainer_misc.py and test_token_cls.py.
 pytestmark = pytest.mark.slow
 
 # Accumulation against one big batch, dropout off: the same rows meet the same weights, only the float

@@ -70,7 +70,6 @@ def test_pairs_images_and_words(tmp_path):
         check_empty_inputs(load_token_data(path), ["tokens"], TokenDataArguments(train_file=str(path)), "sentence")
 
 
-@pytest.mark.slow
 def test_text_recipe_warns_then_drops(tmp_path, tiny_bert_dir, caplog):
     torch.set_num_threads(1)
     train = write_csv(tmp_path / "train.csv", text_rows(40, {4: ""}))

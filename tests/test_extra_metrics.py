@@ -89,7 +89,6 @@ def run(name, argv, tmp_path, tiny_bert_dir, tiny_vit_dir, data) -> tuple[dict, 
     return json.loads((out / "all_results.json").read_text()), out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name, data", [("text_cls", text_data), ("image_cls", image_data)])
 def test_every_evaluation_of_the_classification_recipes(name, data, tmp_path, tiny_bert_dir, tiny_vit_dir):
     agreement = module(tmp_path / "metrics", "agreement", SAME)
@@ -101,7 +100,6 @@ def test_every_evaluation_of_the_classification_recipes(name, data, tmp_path, ti
     assert any("eval_agreement" in entry for entry in state["log_history"])  # the per-epoch evaluation too
 
 
-@pytest.mark.slow
 def test_every_evaluation_of_the_token_recipe(tmp_path, tiny_bert_dir, tiny_vit_dir):
     words = module(tmp_path / "metrics", "words", WORDS)
     results, _ = run("token_cls", ["--extra_metrics", str(words), "--validation_file", str(tmp_path / "test.conll")],

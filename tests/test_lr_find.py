@@ -208,7 +208,6 @@ def recipe_argv(name: str, tmp_path: Path, tiny_bert_dir, tiny_vit_dir, *extra) 
             "--lr_find", "--lr_find_steps", "60", "--lr_find_start", "1e-5", "--lr_find_end", "10", *extra]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["text_cls", "image_cls", "token_cls"])
 def test_recipe_lr_find_prints_the_flag_and_writes_only_the_plot(name, tiny_bert_dir, tiny_vit_dir, tmp_path, capsys):
     extra = ["--layer_decay", "0.8", "--head_learning_rate", "4e-4", "--learning_rate", "1e-4", "--freeze_embeddings",
@@ -226,7 +225,6 @@ def test_recipe_lr_find_prints_the_flag_and_writes_only_the_plot(name, tiny_bert
     assert "Optimizer AdamW, parameter groups" in printed  # the sweep's groups are the run's
 
 
-@pytest.mark.slow
 def test_lora_lr_find_and_an_occupied_output_dir_is_left_alone(tiny_bert_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -107,7 +107,6 @@ def text_run(tiny_bert_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_text_predictions_equal_the_recipes_and_the_pipelines(text_run, tmp_path):
     test_file = text_run.parent / "test.csv"
     # the column (review), the ids and the batch size come from the run's config.yaml
@@ -140,7 +139,6 @@ def test_text_predictions_equal_the_recipes_and_the_pipelines(text_run, tmp_path
     assert [a["score"] for a in answers] == pytest.approx([float(r["score"]) for r in rows], abs=1e-5)
 
 
-@pytest.mark.slow
 def test_every_row_kept_in_order_empty_text_predicted_and_columns_overridden(text_run, tmp_path):
     texts = ["", "I loved every minute of it", None, "a dull and lifeless mess", "   "]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
@@ -196,7 +194,6 @@ def test_predict_command_on_text_alone_numbers_the_rows(text_run, tmp_path, capl
     assert not (tmp_path / "q.csv").exists()
 
 
-@pytest.mark.slow
 def test_bad_columns_and_flags_are_named_before_the_model_loads(text_run, tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model loaded before the input was checked")
@@ -283,7 +280,6 @@ def lora_runs(text_run, tmp_path_factory) -> dict[str, Path]:
     return outputs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("save", ["adapter", "merged"])
 def test_lora_adapter_and_merged_predict_as_the_recipe(lora_runs, save, tmp_path):
     out = lora_runs[save]
@@ -300,7 +296,6 @@ def test_lora_adapter_and_merged_predict_as_the_recipe(lora_runs, save, tmp_path
     assert max(shift) > 0.01, shift
 
 
-@pytest.mark.slow
 def test_an_adapter_whose_base_is_missing_names_it_and_the_flag(lora_runs, tmp_path):
     out, base = lora_runs["adapter"], lora_runs["base"]
     moved = tmp_path / "moved-base"
@@ -330,7 +325,6 @@ def image_run(tiny_vit_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_image_predictions_equal_the_recipes_from_a_folder_and_a_path_list(image_run, tmp_path):
     test_dir = image_run.parent / "data" / "test"
     recipe_rows = read_csv(image_run / "test_predictions.csv")
@@ -347,7 +341,6 @@ def test_image_predictions_equal_the_recipes_from_a_folder_and_a_path_list(image
     assert_same_as_recipe(read_csv(tmp_path / "list.csv"), recipe_rows[::-1])
 
 
-@pytest.mark.slow
 def test_an_image_that_does_not_decode_is_named_before_the_model_loads(image_run, tmp_path, monkeypatch):
     monkeypatch.setattr(fpredict, "load_model", lambda *a, **k: pytest.fail("the model loaded before the images were checked"))
     folder = tmp_path / "images"
@@ -380,7 +373,6 @@ def token_run(tiny_bert_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_token_predictions_equal_the_recipes_with_or_without_gold_tags(token_run, tmp_path):
     test_file = token_run.parent / "test.conll"
     expected = (token_run / "test_predictions.conll").read_text(encoding="utf-8")
@@ -464,7 +456,6 @@ def multi_run(tiny_bert_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_multi_label_thresholds_are_tuned_saved_and_applied(multi_run, tmp_path):
     saved = json.loads((multi_run / "thresholds.json").read_text())
     names = ["bad", "good", "short"]
@@ -502,7 +493,6 @@ def test_multi_label_thresholds_are_tuned_saved_and_applied(multi_run, tmp_path)
         assert "bad" in labels and "good" not in labels and ("short" in labels) == (probs_of(row)["short"] >= 0.5)
 
 
-@pytest.mark.slow
 def test_tune_thresholds_false_keeps_one_half(tiny_bert_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", multi_label_rows(2))
     out = tmp_path / "out"

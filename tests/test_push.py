@@ -127,7 +127,6 @@ def test_write_access_problem(info, repo_id, problem):
 # -- the end of a run: the push fails anyway; ftlib-push then uploads the same files -------------------------------
 
 
-@pytest.mark.slow
 def test_failed_push_says_where_and_how_and_ftlib_push_uploads_the_same_files(tiny_bert_dir, tmp_path, caplog,
                                                                               fake_hub, capsys):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(1))

@@ -159,7 +159,6 @@ def test_ftlib_report_names_the_missing_state_file(tmp_path, capsys):
     assert str(tmp_path / "trainer_state.json") in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_text_run_writes_report_card_and_tensorboard_scalars(tiny_bert_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -226,7 +225,6 @@ def test_text_run_writes_report_card_and_tensorboard_scalars(tiny_bert_dir, tmp_
     assert not math.isnan(report.calibration_data(saved["probs"].max(1), saved["probs"].argmax(1) == saved["labels"])["ece"])
 
 
-@pytest.mark.slow
 def test_token_run_report_has_entity_scores_and_word_level_top_losses(tiny_bert_dir, tmp_path):
     import random
 
@@ -250,7 +248,6 @@ def test_token_run_report_has_entity_scores_and_word_level_top_losses(tiny_bert_
     assert (out / "report" / "top_losses.md").read_text().count("\n| ") >= 6
 
 
-@pytest.mark.slow
 def test_image_run_report_has_confusion_and_thumbnail_grid(tiny_vit_dir, tmp_path):
     import test_image_cls as img
 

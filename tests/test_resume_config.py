@@ -69,7 +69,6 @@ def test_config_changes_skip_resumable_and_unknown_keys():
     assert config_changes(saved, now) == {"layer_decay": (0.5, 1.0)}
 
 
-@pytest.mark.slow
 def test_every_checkpoint_saves_the_config_and_is_not_pushed(stopped):
     _, out = stopped
     saved = (out / "config.yaml").read_text()
@@ -79,7 +78,6 @@ def test_every_checkpoint_saves_the_config_and_is_not_pushed(stopped):
     assert not any(str(p).startswith("checkpoint-") for p in map(str, files_to_push(out)))
 
 
-@pytest.mark.slow
 def test_changed_config_is_refused_before_anything_loads(tiny_bert_dir, stopped, tmp_path):
     train, stopped_dir = stopped
     out = copy(stopped_dir, tmp_path)
@@ -95,7 +93,6 @@ def test_changed_config_is_refused_before_anything_loads(tiny_bert_dir, stopped,
     assert snapshot(out) == before  # nothing trained, nothing written
 
 
-@pytest.mark.slow
 def test_accepted_change_resumes_and_shows_the_checkpoints_rates(tiny_bert_dir, stopped, tmp_path, capsys, caplog):
     train, stopped_dir = stopped
     out = copy(stopped_dir, tmp_path)
@@ -123,7 +120,6 @@ def test_accepted_change_resumes_and_shows_the_checkpoints_rates(tiny_bert_dir, 
     assert logged["embeddings"] / logged["head"] == pytest.approx(0.25)  # the new flags would make it 0.5
 
 
-@pytest.mark.slow
 def test_allowed_changes_resume_silently(tiny_bert_dir, stopped, tmp_path, capsys, caplog):
     train, stopped_dir = stopped
     out = copy(stopped_dir, tmp_path)
@@ -136,7 +132,6 @@ def test_allowed_changes_resume_silently(tiny_bert_dir, stopped, tmp_path, capsy
     assert yaml.safe_load((out / "checkpoint-8" / "config.yaml").read_text())["max_steps"] == 8
 
 
-@pytest.mark.slow
 def test_checkpoint_without_config_resumes_with_a_warning(tiny_bert_dir, stopped, tmp_path, caplog):
     train, stopped_dir = stopped
     out = copy(stopped_dir, tmp_path)

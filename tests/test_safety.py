@@ -75,7 +75,6 @@ def pickle_globals(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.slow
 def test_artifacts_are_safetensors_and_no_token_anywhere(
     tiny_bert_dir, data, tmp_path, monkeypatch, capfd, caplog, fake_hub
 ):
@@ -191,7 +190,6 @@ def test_trust_remote_code_off_by_default_and_passed_through(monkeypatch):
         assert not re.search(r"trust_remote_code\s*=\s*True", path.read_text()), path
 
 
-@pytest.mark.slow
 def test_manifest_verifies_the_output_and_a_hub_snapshot(tiny_bert_dir, data, tmp_path, capsys):
     out = tmp_path / "out"
     run(tiny_bert_dir, data, out)

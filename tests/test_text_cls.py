@@ -54,7 +54,6 @@ def base_argv(model_dir, train, out, *extra) -> list[str]:
             "--dataloader_pin_memory", "false", *map(str, extra)]
 
 
-@pytest.mark.slow
 def test_end_to_end_learns_and_writes_every_output(tiny_bert_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(4))
     val = write_csv(tmp_path / "val.csv", sentiment_rows(1))
@@ -79,7 +78,6 @@ def test_end_to_end_learns_and_writes_every_output(tiny_bert_dir, tmp_path):
     assert verify_manifest(out) == []
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".tsv", ".jsonl", ".json", ".parquet"])
 def test_file_formats(tiny_bert_dir, tmp_path, suffix):
     import pandas as pd
@@ -97,7 +95,6 @@ def test_file_formats(tiny_bert_dir, tmp_path, suffix):
     assert set(json.loads((tmp_path / "out" / "config.json").read_text())["label2id"]) == {"neg", "pos"}
 
 
-@pytest.mark.slow
 def test_pairs_integer_labels_and_stratified_validation(tiny_bert_dir, tmp_path):
     rows = [{"premise": t, "hypothesis": t.split()[0], "label": i % 3} for i, t in enumerate((POSITIVE + NEGATIVE) * 3)]
     train = write_csv(tmp_path / "train.csv", rows)
@@ -108,7 +105,6 @@ def test_pairs_integer_labels_and_stratified_validation(tiny_bert_dir, tmp_path)
     assert AutoConfig.from_pretrained(out).id2label == {0: "0", 1: "1", 2: "2"}
 
 
-@pytest.mark.slow
 def test_multi_label_and_regression(tiny_bert_dir, tmp_path):
     multi = tmp_path / "multi.jsonl"
     with multi.open("w") as handle:
@@ -260,7 +256,6 @@ def test_head_size_mismatch_is_an_error(tiny_bert_dir, tmp_path):
 # -- Hub: what would be pushed, and how -------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_push_sends_the_right_folder_repo_revision_and_privacy(tiny_bert_dir, tmp_path, monkeypatch, fake_hub):
     secret = "hf_" + "SeCrEt" * 6
     monkeypatch.setenv("HF_TOKEN", secret)
@@ -283,7 +278,6 @@ def test_push_sends_the_right_folder_repo_revision_and_privacy(tiny_bert_dir, tm
             assert secret.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.slow
 def test_quality_gate_refuses_to_push(tiny_bert_dir, tmp_path, fake_hub):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(1))
     with pytest.raises(ValueError, match=r"not pushing: eval_accuracy = [\d.]+ is below the quality gate --push_min_metric=1.01"):
@@ -293,7 +287,6 @@ def test_quality_gate_refuses_to_push(tiny_bert_dir, tmp_path, fake_hub):
     assert (tmp_path / "out" / "model.safetensors").is_file()  # the result is kept locally
 
 
-@pytest.mark.slow
 def test_hub_style_dataset_directory_and_sample_limits(tiny_bert_dir, tmp_path):
     """--dataset_name goes through datasets.load_dataset (a local dataset directory here, offline); the
     validation split is found by name and --max_*_samples cut each split."""
@@ -308,7 +301,6 @@ def test_hub_style_dataset_directory_and_sample_limits(tiny_bert_dir, tmp_path):
     assert metrics["train_samples"] == 20 and metrics["eval_samples"] == 6
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("save", ["adapter", "merged"])
 def test_lora_run_saves_adapter_or_merged_model(tiny_bert_dir, tmp_path, save):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(2))
@@ -330,7 +322,7 @@ def test_lora_run_saves_adapter_or_merged_model(tiny_bert_dir, tmp_path, save):
     assert "| lora | True |" in card and "| lora_r | 4 |" in card
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 252 steps; fast: test_small_data.py's budget tests
 def test_default_training_budget_gives_small_sets_250_steps(tiny_bert_dir, tmp_path):
     # the recipe as shipped (the test session's fixture sets the budget to 0 for the other tests)
     spec = importlib.util.spec_from_file_location("text_cls_as_shipped", ROOT / "recipes" / "text_cls.py")
@@ -350,7 +342,6 @@ def test_default_training_budget_gives_small_sets_250_steps(tiny_bert_dir, tmp_p
 
 
 
-@pytest.mark.slow
 def test_evaluating_during_training_does_not_change_the_trained_model(tiny_bert_dir, tmp_path):
     """The evaluation DataLoader draws a seed from torch's generator; FtTrainer.evaluate puts the generators back,
     so dropout masks and batch order (and so the model) are the same whether a run evaluates every 2 steps or never."""

