@@ -25,6 +25,8 @@ ARGUMENT_CLASSES: list[tuple[str, str, str]] = [
     ("ftlib.tasks.text_classification", "TextDataArguments", "`recipes/text_cls.py`"),
     ("ftlib.tasks.image_classification", "ImageDataArguments", "`recipes/image_cls.py`"),
     ("ftlib.tasks.token_classification", "TokenDataArguments", "`recipes/token_cls.py`"),
+    ("ftlib.training.arguments", "CausalLMModelArguments", "`recipes/causal_lm.py` (its model arguments)"),
+    ("ftlib.tasks.causal_lm_args", "CausalLMDataArguments", "`recipes/causal_lm.py`"),
 ]
 
 TRAINING_ARGUMENTS_URL = "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments"

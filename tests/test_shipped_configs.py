@@ -1,5 +1,5 @@
-"""A config the project ships says what it does: the step budget (``--min_train_steps``, 250 in every recipe) adds
-no epoch to any of them, so ``num_train_epochs`` is what the run trains (on one process, as the headers launch it)."""
+"""A config the project ships says what it does: the step budget (``--min_train_steps``, 250 in every encoder
+recipe; none for causal LMs) adds no epoch to any of them, so ``num_train_epochs`` is what the run trains (on one process, as the headers launch it)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ from ftlib.data.token import read_token_file
 from ftlib.run.cli import parse_args
 from ftlib.strategy.arguments import FineTuneArguments
 from ftlib.strategy.small_data import budget_epochs
+from ftlib.tasks.causal_lm import CausalLMDataArguments
 from ftlib.tasks.image_classification import ImageDataArguments
 from ftlib.tasks.text_classification import TextDataArguments
 from ftlib.tasks.token_classification import TokenDataArguments
-from ftlib.training.arguments import ModelArguments
+from ftlib.training.arguments import CausalLMModelArguments, ModelArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*/*.yaml"))
-DATA_ARGUMENTS = {"text_cls": TextDataArguments, "image_cls": ImageDataArguments, "token_cls": TokenDataArguments}
+DATA_ARGUMENTS = {"text_cls": TextDataArguments, "image_cls": ImageDataArguments, "token_cls": TokenDataArguments,
+                  "causal_lm": CausalLMDataArguments}
+MODEL_ARGUMENTS = {"causal_lm": CausalLMModelArguments}
 
 # Training rows of the data that is not in the repository (Hub datasets, ../shared, the digits export), as the dataset
 # cards and files give them; the budget only shrinks with more rows, so a lower bound would do.
@@ -59,15 +62,17 @@ def training_rows(data_args) -> int:
 
 def test_every_recipe_has_a_budget_and_every_config_is_checked():
     assert {config.parent.name for config in CONFIGS} == set(DATA_ARGUMENTS)
-    assert {shipped_defaults(recipe)["min_train_steps"] for recipe in DATA_ARGUMENTS} == {250}
-    assert len(CONFIGS) == 12
+    encoders = set(DATA_ARGUMENTS) - {"causal_lm"}
+    assert {shipped_defaults(recipe)["min_train_steps"] for recipe in encoders} == {250}
+    assert "min_train_steps" not in shipped_defaults("causal_lm")  # nothing measured for decoders: no budget
+    assert len(CONFIGS) == 13
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_the_step_budget_adds_no_epoch_to_a_shipped_config(config):
     recipe = config.parent.name
     _, data_args, ft_args, training_args = parse_args(
-        (ModelArguments, DATA_ARGUMENTS[recipe], FineTuneArguments, TrainingArguments),
+        (MODEL_ARGUMENTS.get(recipe, ModelArguments), DATA_ARGUMENTS[recipe], FineTuneArguments, TrainingArguments),
         ["--config", str(config), "--use_cpu", "true"], defaults=shipped_defaults(recipe),  # bf16 configs: GPUs
     )
     rows = training_rows(data_args)
