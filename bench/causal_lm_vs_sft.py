@@ -63,7 +63,9 @@ DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Question: {question}\nAnswer:\n"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RUNS = {"sft": ("trl", False), "sft_packed": ("trl", True), "ftlib": ("ftlib", False), "ftlib_packed": ("ftlib", True)}
+# Each ftlib run right after its trl baseline: on a shared machine the load drifts, and a pair run close in time
+# compares best.
+RUNS = {"sft": ("trl", False), "ftlib": ("ftlib", False), "sft_packed": ("trl", True), "ftlib_packed": ("ftlib", True)}
 BASELINE = {"ftlib": "sft", "ftlib_packed": "sft_packed"}
 
 
@@ -398,27 +400,30 @@ def run_one(args: argparse.Namespace, run: str) -> dict[str, Any]:
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value, spec: str, width: int, unit: str = "") -> str:
+    """``value`` formatted, with its unit, right-aligned in ``width`` characters; blank when there is none."""
+    return format("" if value is None else format(value, spec) + unit, f">{width}")
 
 
 def table(results: dict[str, dict]) -> str:
-    header = ("run            tokens/s  steady tok/s  vs trl   peak RSS MB  vs trl   answer eval loss  vs trl   "
-              "EM    ROUGE-L  #### match")
+    """One line per run; the ``vs trl`` columns compare an ftlib run with its trl baseline."""
+    header = ("run            tokens/s  steady tok/s  vs trl  peak RSS MB  vs trl  answer eval loss   vs trl    EM  "
+              "ROUGE-L  #### match")
     lines = [header]
     for run in RUNS:
         r = results.get(run)
         if r is None:
             continue
         base = results.get(BASELINE.get(run, ""), {})
-        ratio = (r["tokens_per_s"] / base["tokens_per_s"]) if base else None
-        rss = (r["peak_rss_train_mb"] / base["peak_rss_train_mb"]) if base else None
-        loss = (100 * (r["eval_answer_loss"] / base["eval_answer_loss"] - 1)) if base else None
+        speed = r["tokens_per_s"] / base["tokens_per_s"] if base else None
+        rss = r["peak_rss_train_mb"] / base["peak_rss_train_mb"] if base else None
+        loss = 100 * (r["eval_answer_loss"] / base["eval_answer_loss"] - 1) if base else None
         lines.append(
-            f"{run:<14} {r['tokens_per_s']:>8.1f}  {_fmt(r['steady_tokens_per_s'], '>12.1f')}  {_fmt(ratio, '>5.2f')}x "
-            f"{r['peak_rss_train_mb']:>12.0f}  {_fmt(rss, '>5.2f')}x  {r['eval_answer_loss']:>16.4f}  "
-            f"{_fmt(loss, '>+6.2f')}%  {_fmt(r.get('generation_exact_match'), '.2f'):>4}  "
-            f"{_fmt(r.get('generation_rougeL'), '.3f'):>7}  {_fmt(r.get('generation_final_number_match'), '.2f'):>10}"
+            f"{run:<14} {r['tokens_per_s']:>8.1f}  {_fmt(r['steady_tokens_per_s'], '.1f', 12)}  "
+            f"{_fmt(speed, '.2f', 6, 'x')}  {r['peak_rss_train_mb']:>11.0f}  {_fmt(rss, '.2f', 6, 'x')}  "
+            f"{r['eval_answer_loss']:>16.4f}  {_fmt(loss, '+.2f', 7, '%')}  "
+            f"{_fmt(r.get('generation_exact_match'), '.2f', 4)}  {_fmt(r.get('generation_rougeL'), '.3f', 7)}  "
+            f"{_fmt(r.get('generation_final_number_match'), '.2f', 10)}"
         )
     return "\n".join(lines)
 
