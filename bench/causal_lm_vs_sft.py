@@ -167,7 +167,10 @@ def pack_best_fit(examples: list[dict[str, list[int]]], max_length: int) -> list
 def flatten_packed(rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
     """A batch of packed rows as one padding-free sequence: positions restart at every example, which is how the
     model's attention mask keeps examples apart (transformers builds a block-diagonal causal mask from them), and
-    the first token of every example has no label (it must not be predicted from the previous example)."""
+    the first token of every example has no label (it must not be predicted from the previous example). Only
+    without a KV cache: with one, transformers does not look for packed sequences and the examples attend to each
+    other; Trainer turns the cache off for training (``TrainingArguments.use_cache=False``), a hand-written loop
+    must pass ``use_cache=False``."""
     ids = [token for row in rows for token in row["input_ids"]]
     labels = [label for row in rows for label in row["labels"]]
     positions = [p for row in rows for size in row["seq_lengths"] for p in range(size)]
