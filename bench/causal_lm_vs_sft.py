@@ -63,7 +63,9 @@ DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Question: {question}\nAnswer:\n"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RUNS = {"sft": ("trl", False), "sft_packed": ("trl", True), "ftlib": ("ftlib", False), "ftlib_packed": ("ftlib", True)}
+# Each ftlib run right after its trl baseline: on a shared machine the load drifts, and a pair run close in time
+# compares best.
+RUNS = {"sft": ("trl", False), "ftlib": ("ftlib", False), "sft_packed": ("trl", True), "ftlib_packed": ("ftlib", True)}
 BASELINE = {"ftlib": "sft", "ftlib_packed": "sft_packed"}
 
 
@@ -165,12 +167,16 @@ def pack_best_fit(examples: list[dict[str, list[int]]], max_length: int) -> list
 def flatten_packed(rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
     """A batch of packed rows as one padding-free sequence: positions restart at every example, which is how the
     model's attention mask keeps examples apart (transformers builds a block-diagonal causal mask from them), and
-    the first token of every example has no label (it must not be predicted from the previous example)."""
+    the first token of every example has no label (it must not be predicted from the previous example). Only
+    without a KV cache: with one, transformers does not look for packed sequences and the examples attend to each
+    other; Trainer turns the cache off for training (``TrainingArguments.use_cache=False``), a hand-written loop
+    must pass ``use_cache=False``."""
     ids = [token for row in rows for token in row["input_ids"]]
     labels = [label for row in rows for label in row["labels"]]
     positions = [p for row in rows for size in row["seq_lengths"] for p in range(size)]
     labels = [-100 if p == 0 else label for p, label in zip(positions, labels)]
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions])}
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions])}
 
 
 # -- measuring ----------------------------------------------------------------------------------------------------
@@ -216,7 +222,8 @@ def answer_token_loss(model, tokenizer, examples: list[dict[str, list[int]]], ba
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
             width = max(len(e["input_ids"]) for e in batch)
-            ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * (width - len(e["input_ids"])) for e in batch])
+            pad = tokenizer.pad_token_id
+            ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in batch])
             labels = torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in batch])
             mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch])
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -315,8 +322,8 @@ def _train(trainer) -> None:
     trainer.peak_rss_train_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_sft(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
-    """trl's SFTTrainer on prompt / completion rows, loss on the completion only."""
+def run_sft(args: argparse.Namespace) -> dict[str, Any]:
+    """trl's SFTTrainer on prompt / completion rows, loss on the completion only (``args.packing``: packed)."""
     import trl
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -328,8 +335,8 @@ def run_sft(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     train_rows = gsm8k_rows(0, args.train_rows)
     eval_rows = gsm8k_rows(args.train_rows, args.eval_rows)
     spec = generation_spec(args, eval_rows)
-    config = SFTConfig(**training_arguments(args, "sft_packed" if packing else "sft"), max_length=args.max_seq_length,
-                       packing=packing, completion_only_loss=True, dataset_num_proc=None)
+    config = SFTConfig(**training_arguments(args, "sft_packed" if args.packing else "sft"),
+                       max_length=args.max_seq_length, packing=args.packing, completion_only_loss=True)
     trainer = MeasuredSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                                  eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
                                  peft_config=lora_config(args), generation_eval=spec)
@@ -339,8 +346,9 @@ def run_sft(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     return {"trainer": f"trl {trl.__version__} SFTTrainer", **_results(trainer, metrics, spec, tokenizer, examples)}
 
 
-def run_ftlib(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
-    """The ftlib side: a transformers Trainer with ftlib's generation evaluation, on the same examples.
+def run_ftlib(args: argparse.Namespace) -> dict[str, Any]:
+    """The ftlib side: a transformers Trainer with ftlib's generation evaluation, on the same examples
+    (``args.packing``: packed rows, padding-free batches).
 
     To be replaced by ``recipes/causal_lm.py``'s ``main()``: the caller needs back the same keys as
     :func:`_results` gives (tokens trained, their times, peak RSS when training ends, the eval losses).
@@ -359,14 +367,15 @@ def run_ftlib(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     spec = generation_spec(args, eval_rows)
     padded = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     # Packed rows keep their examples' lengths in a column the model does not take: Trainer must not drop it.
-    extra = {"train_sampling_strategy": "random" if packing else args.ftlib_sampling,
-             "remove_unused_columns": not packing}
+    extra = {"train_sampling_strategy": "random" if args.packing else args.ftlib_sampling,
+             "remove_unused_columns": not args.packing}
     trainer = MeasuredTrainer(
-        model=model, args=TrainingArguments(**training_arguments(args, "ftlib_packed" if packing else "ftlib", **extra)),
-        train_dataset=pack_best_fit(train, args.max_seq_length) if packing else train, eval_dataset=evaluation,
-        data_collator=flatten_packed if packing else padded, processing_class=tokenizer, generation_eval=spec,
+        model=model,
+        args=TrainingArguments(**training_arguments(args, "ftlib_packed" if args.packing else "ftlib", **extra)),
+        train_dataset=pack_best_fit(train, args.max_seq_length) if args.packing else train, eval_dataset=evaluation,
+        data_collator=flatten_packed if args.packing else padded, processing_class=tokenizer, generation_eval=spec,
     )
-    if packing:  # the evaluation rows stay unpacked: only training uses the flattening collator
+    if args.packing:  # the evaluation rows stay unpacked: only training uses the flattening collator
         trainer.get_eval_dataloader = _padded_eval_loader(trainer, padded)
     _train(trainer)
     metrics = trainer.evaluate()
@@ -391,34 +400,37 @@ def run_one(args: argparse.Namespace, run: str) -> dict[str, Any]:
     """One run in this process (the subprocess of :func:`main`)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    side, packing = RUNS[run]
-    result = (run_sft if side == "trl" else run_ftlib)(args, packing)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "single", "runs", "report")}
-    return {"run": run, "packing": packing, "settings": settings, "torch": torch.__version__, **result}
+    side, args.packing = RUNS[run]
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "single", "runs", "report", "packing")}
+    result = (run_sft if side == "trl" else run_ftlib)(args)
+    return {"run": run, "packing": args.packing, "settings": settings, "torch": torch.__version__, **result}
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value, spec: str, width: int, unit: str = "") -> str:
+    """``value`` formatted, with its unit, right-aligned in ``width`` characters; blank when there is none."""
+    return format("" if value is None else format(value, spec) + unit, f">{width}")
 
 
 def table(results: dict[str, dict]) -> str:
-    header = ("run            tokens/s  steady tok/s  vs trl   peak RSS MB  vs trl   answer eval loss  vs trl   "
-              "EM    ROUGE-L  #### match")
+    """One line per run; the ``vs trl`` columns compare an ftlib run with its trl baseline."""
+    header = ("run            tokens/s  steady tok/s  vs trl  peak RSS MB  vs trl  answer eval loss   vs trl    EM  "
+              "ROUGE-L  #### match")
     lines = [header]
     for run in RUNS:
         r = results.get(run)
         if r is None:
             continue
         base = results.get(BASELINE.get(run, ""), {})
-        ratio = (r["tokens_per_s"] / base["tokens_per_s"]) if base else None
-        rss = (r["peak_rss_train_mb"] / base["peak_rss_train_mb"]) if base else None
-        loss = (100 * (r["eval_answer_loss"] / base["eval_answer_loss"] - 1)) if base else None
+        speed = r["tokens_per_s"] / base["tokens_per_s"] if base else None
+        rss = r["peak_rss_train_mb"] / base["peak_rss_train_mb"] if base else None
+        loss = 100 * (r["eval_answer_loss"] / base["eval_answer_loss"] - 1) if base else None
         lines.append(
-            f"{run:<14} {r['tokens_per_s']:>8.1f}  {_fmt(r['steady_tokens_per_s'], '>12.1f')}  {_fmt(ratio, '>5.2f')}x "
-            f"{r['peak_rss_train_mb']:>12.0f}  {_fmt(rss, '>5.2f')}x  {r['eval_answer_loss']:>16.4f}  "
-            f"{_fmt(loss, '>+6.2f')}%  {_fmt(r.get('generation_exact_match'), '.2f'):>4}  "
-            f"{_fmt(r.get('generation_rougeL'), '.3f'):>7}  {_fmt(r.get('generation_final_number_match'), '.2f'):>10}"
+            f"{run:<14} {r['tokens_per_s']:>8.1f}  {_fmt(r['steady_tokens_per_s'], '.1f', 12)}  "
+            f"{_fmt(speed, '.2f', 6, 'x')}  {r['peak_rss_train_mb']:>11.0f}  {_fmt(rss, '.2f', 6, 'x')}  "
+            f"{r['eval_answer_loss']:>16.4f}  {_fmt(loss, '+.2f', 7, '%')}  "
+            f"{_fmt(r.get('generation_exact_match'), '.2f', 4)}  {_fmt(r.get('generation_rougeL'), '.3f', 7)}  "
+            f"{_fmt(r.get('generation_final_number_match'), '.2f', 10)}"
         )
     return "\n".join(lines)
 
