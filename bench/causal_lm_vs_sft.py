@@ -51,10 +51,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    DataCollatorForSeq2Seq,
-    Trainer,
     TrainerCallback,
-    TrainingArguments,
 )
 
 from ftlib.tasks.causal_lm_generate import GenerationEval, GenerationEvalMixin
@@ -192,8 +189,15 @@ class CountTokensMixin:
         self.add_callback(_StepClock(self))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if "attention_mask" in inputs:
-            tokens = int(inputs["attention_mask"].sum())
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.dim() == 4:  # packed rows, block-diagonal (ftlib's PackedCollator, sdpa/eager)
+            allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
+            # a padding token attends to itself alone and nothing attends to it (an example's first token is
+            # attended to by the rest of its example)
+            alone = (allowed.sum(-1) == 1) & (allowed.sum(-2) == 1)
+            tokens = int(allowed.shape[0] * allowed.shape[1] - alone.sum())
+        elif mask is not None:
+            tokens = int(mask.sum())
         else:  # padding-free: one row, every position a token
             tokens = int(inputs["input_ids"].numel())
         answer = int((inputs["labels"] != -100).sum())
@@ -347,53 +351,59 @@ def run_sft(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_ftlib(args: argparse.Namespace) -> dict[str, Any]:
-    """The ftlib side: a transformers Trainer with ftlib's generation evaluation, on the same examples
-    (``args.packing``: packed rows, padding-free batches).
+    """The ftlib side: ``recipes/causal_lm.py``'s ``main()`` on the same rows, written as prompt / completion jsonl
+    (``args.packing``: ``--packing``), with the recipe's trainer measured the way the trl run is."""
+    import sys
 
-    To be replaced by ``recipes/causal_lm.py``'s ``main()``: the caller needs back the same keys as
-    :func:`_results` gives (tokens trained, their times, peak RSS when training ends, the eval losses).
-    """
-    from peft import get_peft_model
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import causal_lm
 
-    class MeasuredTrainer(GenerationEvalMixin, CountTokensMixin, Trainer):
-        pass
+    from ftlib.run.cli import parse_args
 
-    model, tokenizer = load_model_and_tokenizer(args)
-    model = get_peft_model(model, lora_config(args))
-    train_rows = gsm8k_rows(0, args.train_rows)
-    eval_rows = gsm8k_rows(args.train_rows, args.eval_rows)
-    train = [e for e in (encode(tokenizer, r, args.max_seq_length) for r in train_rows) if e]
-    evaluation = [e for e in (encode(tokenizer, r, args.max_seq_length) for r in eval_rows) if e]
-    spec = generation_spec(args, eval_rows)
-    padded = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    # Packed rows keep their examples' lengths in a column the model does not take: Trainer must not drop it.
-    extra = {"train_sampling_strategy": "random" if args.packing else args.ftlib_sampling,
-             "remove_unused_columns": not args.packing}
-    trainer = MeasuredTrainer(
-        model=model,
-        args=TrainingArguments(**training_arguments(args, "ftlib_packed" if args.packing else "ftlib", **extra)),
-        train_dataset=pack_best_fit(train, args.max_seq_length) if args.packing else train, eval_dataset=evaluation,
-        data_collator=flatten_packed if args.packing else padded, processing_class=tokenizer, generation_eval=spec,
-    )
-    if args.packing:  # the evaluation rows stay unpacked: only training uses the flattening collator
-        trainer.get_eval_dataloader = _padded_eval_loader(trainer, padded)
-    _train(trainer)
-    metrics = trainer.evaluate()
-    return {"trainer": "ftlib (transformers Trainer)", "sampling": extra["train_sampling_strategy"],
-            **_results(trainer, metrics, spec, tokenizer, evaluation)}
+    folder = prepare_model(args)
+    data = args.out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", gsm8k_rows(0, args.train_rows)),
+                       ("validation", gsm8k_rows(args.train_rows, args.eval_rows))):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run = "ftlib_packed" if args.packing else "ftlib"
+    shared = training_arguments(args, run)
+    argv = ["--model_name_or_path", str(folder), "--train_file", str(data / "train.jsonl"),
+            "--validation_file", str(data / "validation.jsonl"), "--data_format", "prompt_completion",
+            "--max_seq_length", str(args.max_seq_length), "--packing", str(args.packing).lower(),
+            "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r), "--lora_dropout", "0",
+            "--lora_target_modules", *LORA_TARGETS, "--overwrite_output_dir", "true",
+            "--train_sampling_strategy", "random" if args.packing else args.ftlib_sampling,
+            "--generation_eval", str(args.generation_eval), "--max_new_tokens", str(args.max_new_tokens)]
+    for key, value in shared.items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    trainers = []
+
+    class MeasuredTrainer(CountTokensMixin, causal_lm.CausalLMTrainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            trainers.append(self)
+
+        def train(self, *a, **k):
+            started = time.perf_counter()
+            output = super().train(*a, **k)
+            self.train_runtime, self.train_loss = time.perf_counter() - started, output.training_loss
+            self.peak_rss_train_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return output
+
+    causal_lm.CausalLMTrainer = MeasuredTrainer
+    parsed = parse_args((causal_lm.CausalLMModelArguments, causal_lm.CausalLMDataArguments, causal_lm.FineTuneArguments,
+                         causal_lm.TrainingArguments), argv, defaults=causal_lm.RECIPE_DEFAULTS)
+    metrics = causal_lm.main(*parsed)
+    trainer = trainers[-1]
+    tokenizer = trainer.processing_class
+    evaluation = [e for e in (encode(tokenizer, r, args.max_seq_length)
+                              for r in gsm8k_rows(args.train_rows, args.eval_rows)) if e]
+    spec = trainer.generation_eval
+    return {"trainer": "ftlib recipes/causal_lm.py", "sampling": "random" if args.packing else args.ftlib_sampling,
+            **_results(trainer, {"eval_loss": metrics.get("eval_loss")}, spec, tokenizer, evaluation)}
 
 
-def _padded_eval_loader(trainer, collator):
-    get_eval_dataloader = trainer.get_eval_dataloader
-
-    def loader(eval_dataset=None):
-        packed, trainer.data_collator = trainer.data_collator, collator
-        try:
-            return get_eval_dataloader(eval_dataset)
-        finally:
-            trainer.data_collator = packed
-
-    return loader
 
 
 def run_one(args: argparse.Namespace, run: str) -> dict[str, Any]:
