@@ -51,7 +51,14 @@ from ftlib.tasks.causal_lm_generate import (
 )
 from ftlib.training.arguments import CausalLMModelArguments
 from ftlib.training.checkpoints import prepare_checkpoint, public_name
-from ftlib.training.decoder import check_load_in_4bit, ensure_pad_token, load_causal_lm
+from ftlib.training.decoder import (
+    add_tokens,
+    check_load_in_4bit,
+    ensure_pad_token,
+    fit_embeddings,
+    load_causal_lm,
+    new_token_training,
+)
 from ftlib.training.modeling import checkpoint_kwargs, load_tokenizer
 from ftlib.training.trainer import prepare_model
 
@@ -80,6 +87,8 @@ def main(
     checkpoint = prepare_checkpoint(model_args, training_args)
     tokenizer = prepare_tokenizer(load_tokenizer(model_args, checkpoint), data_args)
     ensure_pad_token(tokenizer)
+    new_ids = add_tokens(tokenizer, None, model_args.new_tokens or [])  # before tokenizing: markers stay whole
+    new_token_training(new_ids, ft_args)  # refused now, before anything trains, where the new rows could not train
     config = AutoConfig.from_pretrained(checkpoint, **checkpoint_kwargs(model_args))
     data_args.max_seq_length = effective_max_length(tokenizer, config, data_args.max_seq_length)
 
@@ -98,7 +107,7 @@ def main(
 
     # -- model, strategy, trainer: built fresh for the final model and each search trial
     build = partial(build_trainer, validation=validation, model_args=model_args, data_args=data_args, ft_args=ft_args,
-                    checkpoint=checkpoint, tokenizer=tokenizer, generation=generation)
+                    checkpoint=checkpoint, tokenizer=tokenizer, generation=generation, new_ids=new_ids)
 
     # -- search (--hp_search), train (or --lr_find: the range test, nothing kept)
     trainer, metrics = fit(build, data.encoded["train"], training_args, ft_args, run)
@@ -131,12 +140,14 @@ def main(
 
 
 def build_trainer(args: TrainingArguments, train, *, validation, model_args, data_args, ft_args, checkpoint, tokenizer,
-                  generation) -> CausalLMTrainer:
+                  generation, new_ids=()) -> CausalLMTrainer:
     """A fresh model (fp32 on CPU; --bf16 trains it in mixed precision; 4-bit with --load_in_4bit) with the run's
     strategy and its trainer on ``train``: the final model's or a search trial's (ftlib.run.hp_search)."""
     model = load_causal_lm(model_args, checkpoint, args)
     ensure_pad_token(tokenizer, model)
-    model, anatomy = prepare_model(model, ft_args, task_type="CAUSAL_LM")
+    fit_embeddings(tokenizer, model)  # --new_tokens: rows for the added tokens, which then train
+    model, anatomy = prepare_model(model, ft_args, task_type="CAUSAL_LM",
+                                   trainable_token_indices=new_token_training(list(new_ids), ft_args))
     multiple = 8 if args.fp16 or args.bf16 else None
     collator = (PackedCollator(tokenizer.pad_token_id, model.config._attn_implementation, pad_to_multiple_of=multiple)
                 if data_args.packing else CausalLMCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple))

@@ -104,6 +104,27 @@ def test_lr_find_sweeps_the_decoder_and_keeps_nothing(tmp_path, tiny_llama_dir):
     assert sorted(p.name for p in out.iterdir()) == ["lr_find.png"]  # the sweep's plot, no model, no checkpoint
 
 
+def test_new_tokens_grow_the_vocabulary_and_their_rows_train_under_lora(tmp_path, tiny_llama_dir):
+    """--new_tokens: the tokenizer and embeddings grow by the new markers, the data keeps each marker whole, and the
+    new rows train (peft's trainable tokens) while the old ones stay as they were; frozen embeddings refuse."""
+    template = ("{% for m in messages %}<|turn|>{{ m.role }}\n{{ m.content }}<|end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|turn|>assistant\n{% endif %}")
+    _, out = run(tmp_path, tiny_llama_dir, "--new_tokens", "<|turn|>", "<|end|>", "--chat_template", template)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer.convert_tokens_to_ids(["<|turn|>", "<|end|>"])
+    assert min(ids) >= len(AutoTokenizer.from_pretrained(tiny_llama_dir))  # new ids, past the old vocabulary
+    assert tokenizer("<|turn|>user", add_special_tokens=False)["input_ids"][0] == ids[0]  # one token, not split
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert any("trainable_tokens" in key for key in saved)  # the new rows, saved with the adapter
+    with pytest.raises(ValueError, match="freeze"):
+        (tmp_path / "frozen").mkdir()
+        run(tmp_path / "frozen", tiny_llama_dir, "--new_tokens", "<|x|>", "--freeze_embeddings", "true")
+
+
 def test_packing_trains_and_evaluates_unpacked(tmp_path, tiny_llama_dir):
     metrics, out = run(tmp_path, tiny_llama_dir, "--packing", "true")
     assert metrics["eval_perplexity"] > 1.0 and (out / "adapter_model.safetensors").is_file()

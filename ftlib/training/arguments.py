@@ -61,6 +61,12 @@ class ModelArguments:
 class CausalLMModelArguments(ModelArguments):
     """The model arguments of causal language models: those of every recipe, and 4-bit loading (QLoRA)."""
 
+    new_tokens: list[str] | None = field(
+        default=None,
+        metadata={"help": "Tokens to add to the vocabulary as special tokens (a new chat template's markers, e.g. "
+                          "<|im_start|> <|im_end|>): the embeddings grow and the new rows train (with LoRA through "
+                          "peft's trainable tokens); refused where the embeddings stay frozen. Tokens it has: no-op."},
+    )
     load_in_4bit: bool = field(
         default=False,
         metadata={"help": "QLoRA: load the base model in 4 bits (bitsandbytes NF4, double quantization, bf16 compute) "

@@ -151,7 +151,7 @@ def _set_model_pad(model: nn.Module | None, pad_id: int) -> None:
 # --- added tokens ----------------------------------------------------------------------------------
 
 
-def add_tokens(tokenizer, model: nn.Module, tokens: Iterable[str]) -> list[int]:
+def add_tokens(tokenizer, model: nn.Module | None, tokens: Iterable[str]) -> list[int]:
     """Add the ``tokens`` the tokenizer lacks as special tokens (a chat template's markers: never split, never
     normalised) and grow ``model``'s embeddings (and untied LM head) to the new vocabulary, the new rows set to
     the mean of the old ones (transformers' ``mean_resizing``). Returns the new ids, empty when none was missing.
@@ -163,12 +163,18 @@ def add_tokens(tokenizer, model: nn.Module, tokens: Iterable[str]) -> list[int]:
         return []
     tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
     new_ids = tokenizer.convert_tokens_to_ids(missing)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if model is not None:  # None: the tokenizer now, the model when it loads (fit_embeddings)
+        fit_embeddings(tokenizer, model)
     logger.info("added %d token(s) to the vocabulary: %s (ids %s); their embedding rows are new and train",
                 len(missing), ", ".join(missing), ", ".join(map(str, new_ids)))
     return new_ids
+
+
+def fit_embeddings(tokenizer, model: nn.Module) -> None:
+    """Grow ``model``'s embeddings (and untied LM head) to the tokenizer's vocabulary, new rows at the mean of the
+    old ones (transformers' ``mean_resizing``); nothing when they are large enough already."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
 
 
 def new_token_training(new_ids: list[int], ft_args) -> list[int] | None:
