@@ -54,9 +54,17 @@ def load_class(module: str, name: str) -> type:
     return cls
 
 
-def type_name(field: dataclasses.Field) -> str:
-    """The annotation as written (a string under ``from __future__ import annotations``)."""
-    annotation = field.type
+def type_name(field: dataclasses.Field, cls: type | None = None) -> str:
+    """The annotation as written (a string under ``from __future__ import annotations``), read from the class
+    that declares it: ``HfArgumentParser`` rewrites ``field.type`` in place when it parses (``str | None`` becomes
+    ``str``), so after any parse in the same process the field alone would say less."""
+    for klass in (cls.__mro__ if cls is not None else ()):
+        declared = vars(klass).get("__annotations__", {})
+        if field.name in declared:
+            annotation = declared[field.name]
+            break
+    else:
+        annotation = field.type
     if isinstance(annotation, str):
         return annotation
     return getattr(annotation, "__name__", repr(annotation))
@@ -112,7 +120,7 @@ def section(cls: type, used_by: str) -> str:
         if not field.init or field.name.startswith("_"):
             continue
         lines.append(
-            f"| `--{field.name}` | `{cell(type_name(field))}` | `{cell(default_text(field))}` | {help_text(field)} |"
+            f"| `--{field.name}` | `{cell(type_name(field, cls))}` | `{cell(default_text(field))}` | {help_text(field)} |"
         )
     return "\n".join(lines) + "\n"
 
