@@ -41,7 +41,7 @@ def main() -> None:
         print(f"\n### {rows[i]['messages'][-2]['content']}")
         for name, (answers, _, _) in results.items():
             print(f"- {name}: {answers[i]!r}")
-    print(f"\n| model | exact match | ROUGE-L | test rows | generation s |\n|---|---|---|---|---|")
+    print("\n| model | exact match | ROUGE-L | test rows | generation s |\n|---|---|---|---|---|")
     for name, (_, scores, seconds) in results.items():
         metrics = scores.metrics("")
         print(f"| {name} | {metrics['exact_match']:.3f} | {metrics['rougeL']:.3f} | {len(rows)} | {seconds:.0f} |")
