@@ -5,7 +5,8 @@
 The input is read as training reads it (:mod:`ftlib.data`): for text a csv / tsv / json / jsonl / parquet file
 with the run's text column (and pair column); for images a folder (every image under it, sorted by path) or a
 csv / jsonl / parquet file of image paths (relative to the file); for tokens a CoNLL file (a word a line, any
-tag columns after it are kept as gold) or JSON lines of word lists. The run's ``config.yaml`` in OUT gives the
+tag columns after it are kept as gold) or JSON lines of word lists; for causal LMs a jsonl / csv file of ``messages``,
+``prompt`` or ``instruction`` rows, rendered as the run rendered its prompts. The run's ``config.yaml`` in OUT gives the
 task, the column names and the preprocessing (maximum length, truncation, stride, image geometry); flags
 override them. OUT may hold a full model, a merged LoRA model or a LoRA adapter (its base checkpoint from the
 adapter's config or the run's, or ``--base_model PATH``).
@@ -294,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ftlib-predict", description="Apply a fine-tuned ftlib output directory to new data.",
         epilog="Text: csv / tsv / json / jsonl / parquet in, .csv or .jsonl out. Images: a folder or a file of paths "
-               "in, .csv or .jsonl out. Tokens: CoNLL or JSON lines in, .conll or .jsonl out.",
+               "in, .csv or .jsonl out. Tokens: CoNLL or JSON lines in, .conll or .jsonl out. Causal LMs: jsonl / csv "
+               "of messages, prompt or instruction rows in, .jsonl of generated answers out.",
     )
     parser.add_argument("--model", required=True, help="an ftlib output directory (full model, merged or LoRA adapter)")
     parser.add_argument("--input", required=True, help="the data to predict: a file, or for images a folder")
