@@ -72,25 +72,3 @@ class CausalLMModelArguments(ModelArguments):
         metadata={"help": "QLoRA: load the base model in 4 bits (bitsandbytes NF4, double quantization, bf16 compute) "
                           "and train LoRA adapters on it. CUDA only; needs --lora and bitsandbytes."},
     )
-
-
-@dataclass
-class VisionModelArguments(ModelArguments):
-    """The model arguments of detection and segmentation: those of every recipe, and a backbone to build on."""
-
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub model id or local checkpoint directory (default: --backbone)."}
-    )
-    backbone: str | None = field(
-        default=None,
-        metadata={"help": "A backbone checkpoint (Hub id, folder or short name such as dinov2-small) to build a fresh "
-                          "detector / segmenter on; --model_name_or_path may then be omitted."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.backbone:
-            if self.model_name_or_path and self.model_name_or_path != self.backbone:
-                raise ValueError(f"give --backbone {self.backbone} or --model_name_or_path {self.model_name_or_path}, "
-                                 "not both")
-            self.model_name_or_path = self.backbone
-        super().__post_init__()
