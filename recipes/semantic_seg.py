@@ -42,6 +42,7 @@ from ftlib.tasks.semantic_segmentation_data import (
     build_label_map,
     build_seg_transforms,
     build_segmenter,
+    builds_on_backbone,
     check_values,
     class_maps,
     load_segmentation_data,
@@ -91,8 +92,7 @@ def main(
     # -- model source and image processor: a segmentation checkpoint's own, or one made for UperNet on a backbone
     checkpoint = prepare_checkpoint(model_args, training_args)
     config = AutoConfig.from_pretrained(checkpoint, **checkpoint_kwargs(model_args))
-    assembled = bool(model_args.backbone) or not any(
-        a.endswith(("ForSemanticSegmentation", "ForImageClassification")) for a in config.architectures or [])
+    assembled = builds_on_backbone(model_args, config)
     processor = make_processor(model_args, data_args, checkpoint, config, assembled)
 
     # -- transforms: image and mask together, random for training, the processor's resize for evaluation

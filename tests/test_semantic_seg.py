@@ -138,3 +138,212 @@ def test_end_to_end_on_folders_writes_model_report_and_predicts(tiny_upernet_dir
     assert set(np.unique(np.asarray(written))) <= {0, 1}
     shares = float(rows[0]["share_class_0"]) + float(rows[0]["share_class_1"])
     assert shares == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_plain_backbone_becomes_upernet_with_its_pretrained_weights_and_the_strategy_flags_apply(tmp_path):
+    """--backbone FOLDER (a bare DINOv2): UperNet built on it, the backbone's weights loaded, SegFormer's processor
+    saved at --image_size; --freeze_backbone leaves every backbone tensor as it was while the decode head trains."""
+    from safetensors.torch import load_file
+    from transformers import Dinov2Config, Dinov2Model
+
+    backbone_dir = tmp_path / "dinov2"
+    torch.manual_seed(1)
+    Dinov2Model(Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                             intermediate_size=37, architectures=["Dinov2Model"])).save_pretrained(backbone_dir)
+    images, masks = write_folder(tmp_path / "data", 8)
+    out = tmp_path / "out"
+    run_recipe(recipe_args(backbone_dir, images, masks, out, "--image_size", "32", "--freeze_backbone", "true",
+                           "--max_steps", "2")[2:] + ["--backbone", str(backbone_dir)])
+    pretrained, trained = load_file(str(backbone_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    backbone = {k: v for k, v in trained.items() if k.startswith("backbone.")}
+    assert len(backbone) > 20 and all(torch.equal(v, pretrained[k.removeprefix("backbone.")]) for k, v in backbone.items())
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["UperNetForSemanticSegmentation"]
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"].startswith("Segformer") and processor["size"] == {"height": 32, "width": 32}
+    with pytest.raises(ValueError, match="multiple of the backbone's patch size 8"):
+        run_recipe(recipe_args(backbone_dir, images, masks, tmp_path / "o2", "--image_size", "36")[2:]
+                   + ["--backbone", str(backbone_dir)])
+
+
+def test_lora_trains_backbone_adapters_and_the_decode_head_and_reloads_to_the_same_logits(tiny_upernet_dir, tmp_path,
+                                                                                        monkeypatch):
+    import semantic_seg
+    from safetensors.torch import load_file
+
+    from ftlib.outputs.predict import inspect_model, load_model
+
+    original, built = semantic_seg.build_trainer, []
+
+    def recording(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(semantic_seg, "build_trainer", recording)
+    images, masks = write_folder(tmp_path / "data", 8)
+    out = tmp_path / "out"
+    run_recipe(recipe_args(tiny_upernet_dir, images, masks, out, "--lora", "true", "--max_steps", "3"))
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert any("lora_A" in k for k in saved) and any("decode_head" in k for k in saved)
+    assert not any("lora_" in k and "decode_head" in k for k in saved)  # adapters on the backbone only
+    model = built[-1].model.eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits
+        reloaded = load_model(inspect_model(out))(pixel_values=pixels).logits
+    assert torch.allclose(expected, reloaded, atol=1e-5)
+
+
+# -- data: sources, classes, bad pairs ----------------------------------------------------------------------------
+
+def test_class_names_from_a_coco_list_and_classes_keep_one_class_with_void_ignored(tmp_path):
+    from ftlib.tasks.semantic_segmentation_data import build_label_map, read_class_names
+
+    coco = tmp_path / "semantic_categories.json"
+    coco.write_text(json.dumps([{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "tree"}]))
+    names = read_class_names([str(coco)])
+    assert names == {1: "person", 3: "car", 7: "tree"}
+    raw = np.array([[0, 1, 3], [7, 255, 1]])
+    person = build_label_map(names, ["person"], 255, 0)
+    assert person.names == ["background", "person"]
+    assert person.apply(raw).tolist() == [[255, 1, 0], [0, 255, 1]]
+    every = build_label_map(names, None, 255, 0)  # contiguous ids in the order of the mask values
+    assert every.names == ["person", "car", "tree"] and every.apply(raw).tolist() == [[255, 0, 1], [2, 255, 0]]
+    mapping = tmp_path / "names.json"
+    mapping.write_text(json.dumps({"0": "sky", "1": "road"}))
+    assert read_class_names([str(mapping)]) == {0: "sky", 1: "road"} == read_class_names(["sky", "road"])
+    found = build_label_map(None, None, 255, None, {0, 2, 255})
+    assert found.names == ["class_0", "class_1", "class_2"]
+    with pytest.raises(ValueError, match="--classes bus: not among the class names"):
+        build_label_map(names, ["bus"], 255, 0)
+    with pytest.raises(ValueError, match="choose a larger --ignore_index"):
+        build_label_map({i: f"c{i}" for i in range(300)}, None, 255, None)
+
+
+def test_csv_of_relative_paths_and_a_palette_mask_train(tiny_upernet_dir, tmp_path):
+    images, masks = write_folder(tmp_path / "data", 8)
+    palette_mask = Image.open(masks / "im00.png").convert("P")  # indices 0 / 1 in a palette PNG: class ids
+    palette_mask.save(masks / "im00.png")
+    rows = ["image,mask"] + [f"images/im{i:02d}.jpg,masks/im{i:02d}.png" for i in range(8)]
+    (tmp_path / "data" / "train.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    args = recipe_args(tiny_upernet_dir, images, masks, out, "--max_steps", "2", "--class_names", "sky", "square")
+    args = [a for a in args if a not in (str(images), str(masks), "--image_folder", "--mask_folder")]
+    run_recipe([*args, "--train_file", str(tmp_path / "data" / "train.csv")])
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] == 2 and {"eval_iou_sky", "eval_iou_square"} <= set(results)
+
+
+def corrupt(masks: Path, images: Path, problem: str) -> None:
+    target = masks / "im01.png"
+    if problem == "size":
+        Image.open(target).resize((20, 20)).save(target)
+    elif problem == "value":
+        values = np.asarray(Image.open(target)).copy()
+        values[0, 0] = 7
+        Image.fromarray(values).save(target)
+    elif problem == "missing":
+        target.unlink()
+    elif problem == "unreadable":
+        target.write_bytes(b"\x89PNG not really")
+    elif problem == "rgb":
+        Image.open(target).convert("RGB").save(target)
+    elif problem == "image":
+        (images / "im01.jpg").write_bytes(b"\xff\xd8 truncated")
+
+
+@pytest.mark.parametrize(("problem", "message"), [
+    ("size", r"mask .*im01.png is 20x20 but its image .*im01.jpg is 48x40"),
+    ("value", r"mask .*im01.png \(train split\) holds value\(s\) 7 that are no class id"),
+    ("missing", r"image .*im01.jpg has no mask in"),
+    ("unreadable", r"Corrupt or unreadable mask .*im01.png"),
+    ("rgb", r"mask .*im01.png is a RGB image: masks must be single-channel PNGs"),
+    ("image", r"Corrupt or unreadable image .*im01.jpg"),
+])
+def test_a_bad_pair_fails_before_training_naming_the_file(problem, message, tiny_upernet_dir, tmp_path, monkeypatch):
+    import semantic_seg
+
+    images, masks = write_folder(tmp_path / "data", 6)
+    corrupt(masks, images, problem)
+    monkeypatch.setattr(semantic_seg, "build_trainer", lambda *a, **k: pytest.fail("reached the model"))
+    with pytest.raises(ValueError, match=message):
+        run_recipe(recipe_args(tiny_upernet_dir, images, masks, tmp_path / "out", "--class_names", "sky", "square",
+                               "--validation_split_percentage", "10"))
+
+
+# -- augmentation: image and mask move together -------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["none", "light", "standard"])
+def test_augmentation_keeps_every_mask_pixel_on_its_image_pixel(preset):
+    """A grey image whose level encodes the class (50 ground, 150 square, off-centre) and its mask, resized
+    nearest-neighbour: after every random crop, scale, flip and colour jitter, each class's pixels share one image
+    level, in the order padding < ground < square, and padding is exactly where the mask holds the ignore index."""
+    from torchvision import tv_tensors
+    from transformers import SegformerImageProcessor
+
+    from ftlib.tasks.semantic_segmentation_data import build_seg_transforms
+
+    mask = np.zeros((48, 64), dtype=np.int64)
+    mask[6:30, 8:24] = 1  # top left: a flip or a crop that moved only one of the two would show
+    level = (50 + 100 * mask).astype(np.uint8)
+    image = tv_tensors.Image(torch.from_numpy(np.stack([level] * 3)))
+    processor = SegformerImageProcessor(size={"height": 32, "width": 32}, resample=0, image_mean=[0, 0, 0],
+                                        image_std=[1, 1, 1])
+    transform = build_seg_transforms(processor, preset, train=True, ignore_index=255)
+    outputs = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        pixels, labels = transform(image, tv_tensors.Mask(torch.from_numpy(mask)))
+        assert pixels.shape == (3, 32, 32) and labels.shape == (32, 32) and labels.dtype == torch.int64
+        levels = []
+        for value in (255, 0, 1):
+            chosen = pixels[0][labels == value]
+            if len(chosen):
+                assert chosen.max() - chosen.min() < 1e-6, f"seed {seed}: class {value} pixels on several levels"
+                levels.append(float(chosen[0]))
+        assert levels == sorted(levels) and len(set(levels)) == len(levels)
+        if preset != "standard":
+            assert not (labels == 255).any()
+        outputs.add(labels.numpy().tobytes())
+    assert len(outputs) == (1 if preset == "none" else 12)  # random presets move the mask, none does not
+
+
+def test_horizontal_flip_and_resize_of_a_known_square():
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    mask = torch.zeros(8, 8, dtype=torch.int64)
+    mask[1:3, 0:2] = 1
+    flipped = v2.RandomHorizontalFlip(1.0)(tv_tensors.Mask(mask))
+    assert flipped[1:3, 6:8].eq(1).all() and flipped.sum() == 4
+    resized = v2.Resize((16, 16), antialias=True)(tv_tensors.Mask(mask * 3))  # nearest for masks: no new values
+    assert set(resized.unique().tolist()) == {0, 3} and resized[2:6, 0:4].eq(3).all() and resized.sum() == 3 * 16
+
+
+# -- metrics -------------------------------------------------------------------------------------------------------
+
+def test_mean_iou_batch_by_batch_equals_sklearns_confusion_matrix():
+    from sklearn.metrics import confusion_matrix
+    from transformers import EvalPrediction
+
+    from ftlib.tasks.semantic_segmentation_data import SegmentationMetrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(6, 9, 7))
+    labels[rng.random(labels.shape) < 0.1] = 255
+    preds = np.where(rng.random(labels.shape) < 0.7, np.clip(labels, 0, 2), rng.integers(0, 3, size=labels.shape))
+    metric = SegmentationMetrics(["a", "b", "c", "never"], 255)
+    for start in range(0, 6, 2):  # three batches, as Trainer's batch_eval_metrics calls it
+        result = metric(EvalPrediction(torch.tensor(preds[start:start + 2]), torch.tensor(labels[start:start + 2])),
+                        compute_result=start == 4)
+    valid = labels != 255
+    matrix = confusion_matrix(labels[valid], preds[valid], labels=[0, 1, 2, 3]).astype(float)
+    union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+    iou = np.diag(matrix)[:3] / union[:3]  # class 3 is in neither labels nor predictions: left out of the mean
+    assert result["mean_iou"] == pytest.approx(iou.mean(), abs=1e-6)
+    assert [result[f"iou_{n}"] for n in "abc"] == pytest.approx(iou.tolist(), abs=1e-6) and result["iou_never"] == 0.0
+    assert result["pixel_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum(), abs=1e-6)
+    assert len(metric.image_iou) == 6 and 0 < min(metric.image_iou) <= max(metric.image_iou) < 1
+    # logits in one call (batch_eval_metrics off) give the same numbers
+    logits = torch.nn.functional.one_hot(torch.tensor(preds), 4).permute(0, 3, 1, 2).float()
+    again = SegmentationMetrics(["a", "b", "c", "never"], 255)(EvalPrediction(logits, torch.tensor(labels)))
+    assert again["mean_iou"] == pytest.approx(result["mean_iou"], abs=1e-6)

@@ -373,9 +373,21 @@ def segmentation_processor(base_processor, image_size: int | None, patch_size: i
                                    do_reduce_labels=False)
 
 
+def builds_on_backbone(model_args, config) -> bool:
+    """Whether the model is UperNet built on the checkpoint as a backbone: ``--backbone``, or a checkpoint that is a
+    plain backbone transformers has no segmentation model of its own for (DINOv2, ResNet; SegFormer's encoder gets
+    SegFormer's own head)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+
+    from ftlib.training.backbone import is_backbone_only
+
+    return bool(getattr(model_args, "backbone", None)) or (
+        is_backbone_only(config) and config.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)
+
+
 def build_segmenter(checkpoint: str, model_args, labels: LabelMap, assembled: bool):
     """A fresh UperNet (decode head of 256 channels, no auxiliary head) on the backbone of ``checkpoint``, its
-    pretrained weights loaded (``assembled``); or the segmentation checkpoint itself, its head sized to the labels
+    pretrained weights loaded unless ``--backbone_init random`` (``assembled``); or the segmentation checkpoint itself, its head sized to the labels
     (a head of another size is an error unless --ignore_mismatched_sizes)."""
     from transformers import AutoModelForSemanticSegmentation, UperNetConfig, UperNetForSemanticSegmentation
 
@@ -393,7 +405,8 @@ def build_segmenter(checkpoint: str, model_args, labels: LabelMap, assembled: bo
             setattr(config, key, value)
         set_ignore_index(config, labels.ignore_index)
         model = UperNetForSemanticSegmentation(config)
-        load_backbone_weights(model, checkpoint, model_args)
+        if getattr(model_args, "backbone_init", "pretrained") == "pretrained":
+            load_backbone_weights(model, checkpoint, model_args)
         return model
     config = load_config_for_labels(model_args, len(labels.names), labels.id2label, None, checkpoint=checkpoint,
                                     head_suffix="ForSemanticSegmentation")
