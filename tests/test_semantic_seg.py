@@ -5,7 +5,6 @@ computation, the recipe end to end on a tiny UperNet (report overlays, pipeline,
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,12 @@ def no_step_budget(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_upernet_dir(tmp_path_factory) -> Path:
     """UperNet (decode head 16 channels) on a 4-layer, hidden-32 DINOv2 with patch 8, 32 px inputs, random weights."""
-    from transformers import Dinov2Config, SegformerImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
+    from transformers import (
+        Dinov2Config,
+        SegformerImageProcessor,
+        UperNetConfig,
+        UperNetForSemanticSegmentation,
+    )
 
     path = tmp_path_factory.mktemp("tiny-upernet")
     torch.manual_seed(0)

@@ -94,14 +94,14 @@ DEFAULTS = {
     # Metrics accumulate batch by batch (a confusion matrix): the validation set's full-size logits are never held.
     "batch_eval_metrics": True,
     # A pretrained backbone under a fresh decode head, on small data: the head learns ten times faster than the
-    # backbone's top block, lower blocks less still, a warm-up before the backbone moves, batch-norm statistics kept
-    # (convolutional backbones), and at least 250 optimizer steps however few the images.
+    # backbone's top block, lower blocks less still, a warm-up before the backbone moves, and at least 250 optimizer
+    # steps however few the images. Batch norm trains (the default): UperNet's fresh decode head has batch-norm
+    # layers with no pretrained statistics to keep, and --batch_norm frozen freezes every layer of the model.
     "learning_rate": 1e-4,
     "head_learning_rate": 1e-3,
     "layer_decay": 0.8,
     "warmup_steps": 0.1,
     "weight_decay": 0.01,
-    "batch_norm": "frozen",
     "min_train_steps": 250,
 }
 

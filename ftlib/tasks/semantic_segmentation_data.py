@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -463,7 +464,7 @@ class SegmentationMetrics:
         metrics = {"mean_iou": float(iou.nanmean()) if not iou.isnan().all() else 0.0,
                    "pixel_accuracy": float(matrix.diag().sum() / matrix.sum().clamp_min(1))}
         for name, value in zip(self.names, iou.tolist()):
-            metrics[f"iou_{name}"] = value if value == value else 0.0  # absent from labels and predictions: 0
+            metrics[f"iou_{name}"] = 0.0 if math.isnan(value) else value  # in neither labels nor predictions
         self.image_iou = self._images
         self._reset()
         return metrics
