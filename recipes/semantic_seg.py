@@ -39,6 +39,7 @@ from ftlib.tasks.semantic_segmentation import TASK, SegmentationDataArguments
 from ftlib.tasks.semantic_segmentation_data import (
     SegmentationMetrics,
     SegTransform,
+    avoid_one_image_batch,
     build_label_map,
     build_seg_transforms,
     build_segmenter,
@@ -82,6 +83,7 @@ def main(
     # -- data: image and mask references; every pair decoded once (named errors), mask values mapped to label ids
     with training_args.main_process_first(desc="segmentation data"):
         raw = load_segmentation_data(data_args, training_args.seed, model_args.cache_dir)
+    raw["train"] = avoid_one_image_batch(raw["train"], training_args.per_device_train_batch_size * training_args.world_size)
     columns = (data_args.image_column, data_args.mask_column)
     found = scan_pairs(raw, *columns, num_threads=data_args.preprocessing_num_workers) if data_args.check_images else {}
     labels = build_label_map(read_class_names(data_args.class_names), data_args.classes, data_args.ignore_index,

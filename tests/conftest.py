@@ -196,10 +196,13 @@ def _patch(module):
             _pause(self, f"before step {step}, micro-batch {micro}")
         if kind == "hold" and [step, micro] == at and self.args.process_index == 0:
             _pause(self, f"held before step {step}", until=os.path.join(os.environ["FTTEST_DIR"], "release"))
-        rows = [
-            hashlib.sha1(json.dumps([t for t, m in zip(ids, mask) if m]).encode()).hexdigest()[:12]
-            for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())
-        ]
+        if "input_ids" in inputs:
+            rows = [
+                hashlib.sha1(json.dumps([t for t, m in zip(ids, mask) if m]).encode()).hexdigest()[:12]
+                for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())
+            ]
+        else:  # images: a fingerprint of each row's (augmented) pixels
+            rows = [hashlib.sha1(row.detach().cpu().numpy().tobytes()).hexdigest()[:12] for row in inputs["pixel_values"]]
         record = {"step": step, "micro": micro, "rows": rows, "world": self.args.world_size}
         path = os.path.join(os.environ["FTTEST_DIR"], f"batches.rank{self.args.process_index}.jsonl")
         with open(path, "a") as handle:

@@ -5,6 +5,7 @@ computation, the recipe end to end on a tiny UperNet (report overlays, pipeline,
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,92 @@ def test_mean_iou_batch_by_batch_equals_sklearns_confusion_matrix():
     logits = torch.nn.functional.one_hot(torch.tensor(preds), 4).permute(0, 3, 1, 2).float()
     again = SegmentationMetrics(["a", "b", "c", "never"], 255)(EvalPrediction(logits, torch.tensor(labels)))
     assert again["mean_iou"] == pytest.approx(result["mean_iou"], abs=1e-6)
+
+
+# -- the shipped demo, resume, the real backbone -------------------------------------------------------------------
+
+DEMO = ROOT / "recipes" / "configs" / "semantic_seg" / "demo.yaml"
+needs_coco = pytest.mark.skipif(not COCO.is_dir(), reason=f"{COCO} not found (../shared is not here)")
+
+
+@pytest.fixture
+def tiny_dinov2_dir(tmp_path) -> Path:
+    from transformers import Dinov2Config, Dinov2Model
+
+    path = tmp_path / "tiny-dinov2"
+    torch.manual_seed(2)
+    Dinov2Model(Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                             intermediate_size=37, architectures=["Dinov2Model"])).save_pretrained(path)
+    return path
+
+
+@needs_coco
+def test_the_demo_config_with_a_tiny_backbone_trains_person_against_background(tiny_dinov2_dir, tmp_path,
+                                                                              monkeypatch):
+    """recipes/configs/semantic_seg/demo.yaml as shipped, the backbone swapped for a tiny DINOv2 (and a few rows)."""
+    monkeypatch.chdir(ROOT)  # the config's paths are relative to the repository
+    out = tmp_path / "demo"
+    run_recipe(["--config", str(DEMO), "--backbone", str(tiny_dinov2_dir), "--image_size", "32", "--max_steps", "2",
+                "--max_train_samples", "8", "--max_eval_samples", "4", "--output_dir", str(out), "--use_cpu", "true",
+                "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "background", "1": "person"}
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] == 4 and {"eval_iou_background", "eval_iou_person"} <= set(results)
+    assert results["eval_iou_background"] > 0  # the COCO masks' classes reached the labels (void ignored)
+
+
+def resume_command(model_dir: Path, images: Path, masks: Path, out: Path) -> list:
+    return [sys.executable, "recipes/semantic_seg.py", *recipe_args(model_dir, images, masks, out, "--max_steps", "6",
+            "--save_strategy", "steps", "--save_steps", "2", "--per_device_train_batch_size", "2",
+            "--dataloader_num_workers", "0", "--min_train_steps", "0")]
+
+
+@pytest.mark.slow  # three recipe processes: about 30 s
+def test_a_killed_and_resumed_run_ends_where_an_uninterrupted_one_does(tiny_upernet_dir, tmp_path, recipe_process):
+    from safetensors.torch import load_file
+
+    images, masks = write_folder(tmp_path / "data", 12)
+    whole = tmp_path / "whole"
+    recipe_process(resume_command(tiny_upernet_dir, images, masks, whole), tmp_path / "rec-w").wait()
+    out = tmp_path / "killed"
+    killed = recipe_process(resume_command(tiny_upernet_dir, images, masks, out), tmp_path / "rec-k", pause="step:5")
+    assert killed.kill_when_paused() == "before step 5, micro-batch 0"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    resumed = recipe_process(resume_command(tiny_upernet_dir, images, masks, out), tmp_path / "rec-r")
+    resumed.wait()
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(whole / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    losses = [[e["loss"] for e in json.loads((d / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+              for d in (out, whole)]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+    # the resumed steps saw the rows, augmented the same, that the uninterrupted run saw at those steps
+    reference = {(b["step"], b["micro"]): b["rows"] for b in recipe_process_batches(tmp_path / "rec-w")}
+    after = recipe_process_batches(tmp_path / "rec-r")
+    assert after and all(reference[b["step"], b["micro"]] == b["rows"] for b in after)
+
+
+def recipe_process_batches(record_dir: Path) -> list[dict]:
+    path = record_dir / "batches.rank0.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow  # the real DINOv2-small (22M parameters) at 224 px: about 30 s on two cores
+@needs_coco
+def test_a_few_steps_on_the_real_dinov2_small_backbone(tmp_path, monkeypatch):
+    from ftlib.training.checkpoints import resolve_checkpoint
+
+    try:
+        resolve_checkpoint("dinov2-small")
+    except (ValueError, OSError) as err:
+        pytest.skip(f"dinov2-small is not resolvable here: {err}")
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "real"
+    metrics = run_recipe(["--config", str(DEMO), "--max_steps", "3", "--max_train_samples", "4",
+                          "--max_eval_samples", "4", "--per_device_train_batch_size", "2", "--output_dir", str(out),
+                          "--use_cpu", "true", "--eval_strategy", "no", "--save_strategy", "no",
+                          "--disable_tqdm", "true", "--logging_steps", "1"])
+    losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert 0.0 <= metrics["eval_iou_person"] <= 1.0 and metrics["eval_samples"] == 4
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 224, "width": 224}

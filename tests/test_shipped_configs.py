@@ -16,15 +16,16 @@ from ftlib.strategy.arguments import FineTuneArguments
 from ftlib.strategy.small_data import budget_epochs
 from ftlib.tasks.causal_lm import CausalLMDataArguments
 from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.semantic_segmentation import SegmentationDataArguments
 from ftlib.tasks.text_classification import TextDataArguments
 from ftlib.tasks.token_classification import TokenDataArguments
-from ftlib.training.arguments import CausalLMModelArguments, ModelArguments
+from ftlib.training.arguments import CausalLMModelArguments, ModelArguments, VisionModelArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*/*.yaml"))
 DATA_ARGUMENTS = {"text_cls": TextDataArguments, "image_cls": ImageDataArguments, "token_cls": TokenDataArguments,
-                  "causal_lm": CausalLMDataArguments}
-MODEL_ARGUMENTS = {"causal_lm": CausalLMModelArguments}
+                  "causal_lm": CausalLMDataArguments, "semantic_seg": SegmentationDataArguments}
+MODEL_ARGUMENTS = {"causal_lm": CausalLMModelArguments, "semantic_seg": VisionModelArguments}
 
 # Training rows of the data that is not in the repository (Hub datasets, ../shared, the digits export), as the dataset
 # cards and files give them; the budget only shrinks with more rows, so a lower bound would do.
@@ -35,7 +36,8 @@ KNOWN_ROWS = {
     "../shared/data/conll2003/train.txt": 14_041,
     "ethz/food101": 75_750,
     "AI-Lab-Makerere/beans": 1_034,
-    "sklearn-digits": 1_437 - 144,  # its train folder, less the 10% (validation_split_percentage) held out
+    "sklearn-digits": 1_437 - 144,
+    "../shared/data/coco/val2017-panoptic100/images": 100 - 20,  # less the 20% (validation_split_percentage) held out  # its train folder, less the 10% (validation_split_percentage) held out
 }
 
 
@@ -65,7 +67,7 @@ def test_every_recipe_has_a_budget_and_every_config_is_checked():
     encoders = set(DATA_ARGUMENTS) - {"causal_lm"}
     assert {shipped_defaults(recipe)["min_train_steps"] for recipe in encoders} == {250}
     assert "min_train_steps" not in shipped_defaults("causal_lm")  # nothing measured for decoders: no budget
-    assert len(CONFIGS) == 13
+    assert len(CONFIGS) == 14
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")

@@ -33,7 +33,7 @@ def test_every_task_is_registered_under_its_name_with_a_complete_interface():
         assert [t.name for t in TASKS.values() if t.wrote(recorded)] == [task.name]
 
 
-@pytest.mark.parametrize("recipe", ["text_cls", "image_cls", "token_cls", "causal_lm"])
+@pytest.mark.parametrize("recipe", ["text_cls", "image_cls", "token_cls", "causal_lm", "semantic_seg"])
 def test_the_recipe_trains_with_its_task_defaults(recipe):
     import importlib
 

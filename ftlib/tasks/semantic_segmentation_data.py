@@ -112,6 +112,16 @@ def load_segmentation_data(data_args, seed: int, cache_dir: str | None = None) -
     return limit_samples(raw, data_args)
 
 
+def avoid_one_image_batch(train: Dataset, batch_size: int) -> Dataset:
+    """The training rows, less the last one when the last batch of an epoch would hold a single image: UperNet's
+    pyramid pooling normalises 1x1 maps with batch norm, which cannot train on one value per channel."""
+    if batch_size > 1 and len(train) % batch_size == 1:
+        logger.warning("%d training images at %d a batch would leave one image alone in the last batch (batch norm "
+                       "cannot train on it): the last image is left out", len(train), batch_size)
+        return train.select(range(len(train) - 1))
+    return train
+
+
 # -- classes -----------------------------------------------------------------------------------------------------
 
 def read_class_names(given: Sequence[str] | None) -> dict[int, str] | None:

@@ -236,6 +236,31 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.epoch += 1  # the next pass reshuffles even where nobody calls set_epoch
 
 
+def reload_renamed_weights(model: nn.Module, folder) -> bool:
+    """Put a checkpoint's weights into ``model`` where Trainer could not. transformers 5 saves some models' tensors
+    under their original checkpoint names (DINOv2's attention as ``attention.attention.query``, a module that holds
+    ``q_proj``), while Trainer's resume and best-model loading copy a checkpoint's tensors in by name, non-strictly:
+    those weights silently kept their values of before (a resumed run diverged). Loading the folder through
+    ``from_pretrained``, which renames them back, restores every one. Returns whether it had to."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from transformers import PreTrainedModel
+
+    path = Path(folder) / "model.safetensors"
+    if not isinstance(model, PreTrainedModel) or not path.is_file():
+        return False
+    with safe_open(str(path), "pt") as handle:
+        saved = set(handle.keys())
+    if saved <= set(model.state_dict()):
+        return False
+    reloaded = type(model).from_pretrained(str(folder), config=model.config)
+    model.load_state_dict(reloaded.state_dict(), strict=False)
+    logger.info("%s: %d tensors saved under other names, restored through from_pretrained", folder,
+                len(saved - set(model.state_dict())))
+    return True
+
+
 class TrainBeginCallback(TrainerCallback):
     """Calls ``action()`` when training begins, once Trainer has restored a checkpoint's optimizer, scheduler and
     state (a resumed run) and before the first step."""
@@ -459,6 +484,16 @@ class FtTrainer(Trainer):
         if kwargs.get("metric_key_prefix", "eval") == "eval":
             self.last_eval_output = output
         return output
+
+    # -- checkpoints whose weights are saved under other names -------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reload_renamed_weights(model if model is not None else self.model, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        super()._load_best_model()
+        if self.state.best_model_checkpoint:
+            reload_renamed_weights(self.model, self.state.best_model_checkpoint)
 
     # -- optimizer ---------------------------------------------------------------------------------
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
