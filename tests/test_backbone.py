@@ -25,8 +25,8 @@ from ftlib.training.arguments import VisionModelArguments
 from ftlib.training.backbone import backbone_config, is_backbone_only, load_backbone_weights
 from ftlib.training.trainer import prepare_model
 
-TINY_DINOV2 = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=8,
-                   image_size=64)
+TINY_DINOV2 = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
+               "patch_size": 8, "image_size": 64}
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,14 @@ def test_vision_model_arguments():
         VisionModelArguments(model_name_or_path="a", backbone_init="random")
     with pytest.raises(ValueError, match="--model_name_or_path is required"):
         VisionModelArguments()
+
+
+def test_frozen_batch_norm_keeps_the_backbones_statistics_and_trains_the_heads(resnet_dir):
+    model = segmenter(resnet_dir)
+    model, anatomy = prepare_model(model, FineTuneArguments(batch_norm="frozen"))
+    model.train()
+    model(pixel_values=torch.randn(2, 3, 64, 64), labels=torch.randint(0, 3, (2, 64, 64)))
+    backbone_bn = model.backbone.embedder.embedder.normalization
+    head_bn = next(m for n, m in model.decode_head.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not backbone_bn.training and int(backbone_bn.num_batches_tracked) == 0  # pretrained statistics kept
+    assert head_bn.training and int(head_bn.num_batches_tracked) == 1  # a fresh head's statistics learn

@@ -38,6 +38,14 @@ PRIVATE = {
         ["self", "output_dir", "state_dict"], [],
         "ftlib.run.steps.save_model: the gathered state dict written as Trainer.save_model writes it",
     ),
+    (Trainer, "_load_from_checkpoint"): (
+        ["self", "resume_from_checkpoint", "model"], ["train"],
+        "FtTrainer._load_from_checkpoint: weights saved under renamed keys (DINOv2) restored on resume",
+    ),
+    (Trainer, "_load_best_model"): (
+        ["self"], ["_finalize_training"],
+        "FtTrainer._load_best_model: weights saved under renamed keys (DINOv2) restored with the best model",
+    ),
     (PreTrainedModel, "_init_weights"): (
         ["self", "module"], [],
         "ftlib.strategy.small_data.reinit_top_blocks: the model's own initialisation",

@@ -132,7 +132,8 @@ class FineTuneArguments:
     batch_norm: str = field(
         default="train",
         metadata={"help": "Batch-norm layers in training: 'train' (batch statistics; the running ones follow with "
-                          "--batch_norm_momentum) or 'frozen' (pretrained statistics throughout, as at evaluation).",
+                          "--batch_norm_momentum) or 'frozen' (pretrained statistics throughout, as at evaluation; the head's "
+                          "layers train: a fresh decode head has no statistics to keep).",
                   "choices": ["train", "frozen"]},
     )
     batch_norm_momentum: float | None = field(

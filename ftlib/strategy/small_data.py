@@ -43,7 +43,8 @@ def budget_epochs(num_rows: int, rows_per_step: int, epochs: float, min_steps: i
 BATCH_NORM_MODES = ("train", "frozen")
 
 
-def set_batch_norm(model: nn.Module, mode: str = "train", momentum: float | None = None) -> int:
+def set_batch_norm(model: nn.Module, mode: str = "train", momentum: float | None = None,
+                   anatomy: Anatomy | None = None) -> int:
     """How the model's batch-norm layers behave in training; returns how many there are.
 
     ``"train"`` is PyTorch's behaviour: each training batch is normalised with its own statistics, and the running
@@ -51,15 +52,18 @@ def set_batch_norm(model: nn.Module, mode: str = "train", momentum: float | None
     PyTorch's default, and a checkpoint converted from TensorFlow often carries 0.01, so that after a short run
     its evaluation still mostly uses ImageNet's statistics). ``"frozen"`` keeps every batch-norm layer in
     evaluation mode, in training too: the pretrained statistics normalise training and evaluation alike, and
-    only the affine weights (if they train) learn: the usual advice for small batches and small data.
-    Models without batch norm (transformers, ConvNeXt's layer norm) are unaffected."""
+    only the affine weights (if they train) learn: the usual advice for small batches and small data. With
+    ``anatomy``, the head's batch-norm layers train in either mode: a fresh head (UperNet's decode head on a
+    pretrained backbone) has no statistics to keep. Models without batch norm (transformers, ConvNeXt's layer norm)
+    are unaffected."""
     if mode not in BATCH_NORM_MODES:
         raise ValueError(f"batch norm mode must be one of {BATCH_NORM_MODES}, got {mode!r}")
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for layer in layers:
+    head = anatomy.num_blocks + 1 if anatomy is not None else None
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for name, layer in layers:
         if momentum is not None:
             layer.momentum = momentum
-        if mode == "frozen":
+        if mode == "frozen" and (head is None or anatomy.layer_id(name) != head):
             # model.train() runs before every training step and would switch the layer back: a pre-hook runs
             # after it, before each forward.
             layer.register_forward_pre_hook(_keep_eval)

@@ -95,14 +95,15 @@ DEFAULTS = {
     "batch_eval_metrics": True,
     # A pretrained backbone under a fresh decode head, on small data: the head learns ten times faster than the
     # backbone's top block, lower blocks less still, a warm-up before the backbone moves, and at least 250 optimizer
-    # steps however few the images. Batch norm trains (the default): UperNet's fresh decode head has batch-norm
-    # layers with no pretrained statistics to keep, and --batch_norm frozen freezes every layer of the model.
+    # steps however few the images. A backbone's batch norm (ResNet's) keeps its pretrained statistics with batches
+    # of a few images; the fresh decode head's trains (it has no statistics to keep).
     "learning_rate": 1e-4,
     "head_learning_rate": 1e-3,
     "layer_decay": 0.8,
     "warmup_steps": 0.1,
     "weight_decay": 0.01,
     "min_train_steps": 250,
+    "batch_norm": "frozen",
 }
 
 

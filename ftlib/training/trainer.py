@@ -67,7 +67,7 @@ def prepare_model(model: nn.Module, ft_args: FineTuneArguments, task_type: str |
     tokens added to the vocabulary, which train (:func:`ftlib.training.decoder.new_token_training`)."""
     anatomy = find_anatomy(model, ft_args.blocks_pattern)
     reinit_top_blocks(model, anatomy, ft_args.reinit_top_blocks)
-    batch_norm_layers = set_batch_norm(model, ft_args.batch_norm, ft_args.batch_norm_momentum)
+    batch_norm_layers = set_batch_norm(model, ft_args.batch_norm, ft_args.batch_norm_momentum, anatomy)
     if batch_norm_layers and (ft_args.batch_norm != "train" or ft_args.batch_norm_momentum is not None):
         logger.info("batch norm: %d layers %s%s", batch_norm_layers, ft_args.batch_norm,
                     "" if ft_args.batch_norm_momentum is None else f", momentum {ft_args.batch_norm_momentum:g}")
