@@ -5,7 +5,9 @@ Everything is discovered from the module tree, so a new architecture needs no ta
 - **Backbone and head.** A transformers model keeps its backbone under ``model.base_model_prefix``
   (``bert``, ``vit``, ``model`` ...). The head is every other top-level child holding parameters
   (``classifier``; DistilBERT's ``pre_classifier`` + ``classifier``; DeBERTa's ``pooler`` + ``classifier``).
-  A bare backbone (``BertModel``) or a plain ``nn.Module`` is all backbone, with no head.
+  A bare backbone (``BertModel``) or a plain ``nn.Module`` is all backbone, with no head. A detector or
+  segmenter built on a transformers Backbone (DETR's ``model.backbone.model``, UperNet's ``backbone``) has that
+  module as its backbone, and everything else (the detection transformer, the decode head) as its head.
 - **Blocks.** The largest ``nn.ModuleList`` / ``nn.Sequential`` of same-type modules inside the backbone
   (``bert.encoder.layer``, ``efficientnet.encoder.blocks``). When every item of that stack is itself a
   stage holding such a stack (Swin ``encoder.layers[i].blocks[j]``, ConvNeXt and ResNet
@@ -183,8 +185,44 @@ def _unwrap_peft(model: nn.Module) -> nn.Module:
     return model
 
 
+def find_backbone(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(path, module)`` of the one transformers Backbone (``BackboneMixin``: Dinov2Backbone, ResNetBackbone,
+    ConvNextBackbone, a timm backbone ...) inside a task model that is not itself one: DETR's
+    ``model.backbone.model``, UperNet's ``backbone``. None when there is none, or several (no single backbone)."""
+    model = _unwrap_peft(model)
+    if _is_backbone_module(model):
+        return None
+    found = [(name, module) for name, module in model.named_modules() if name and _is_backbone_module(module)]
+    outermost = [(n, m) for n, m in found if not any(n != o and _under(n, o) for o, _ in found)]
+    return outermost[0] if len(outermost) == 1 else None
+
+
+def _is_backbone_module(module: nn.Module) -> bool:
+    return any(cls.__name__ == "BackboneMixin" for cls in type(module).__mro__)
+
+
+def _head_around(model: nn.Module, backbone_path: str) -> tuple[str, ...]:
+    """Every module path (and parameter held directly on an ancestor) outside ``backbone_path``, as few as possible:
+    the siblings of each module on the way down to the backbone."""
+    head: list[str] = []
+    parts = backbone_path.split(".")
+    for depth in range(len(parts)):
+        ancestor_path = ".".join(parts[:depth])
+        ancestor = model.get_submodule(ancestor_path)
+        head += [_join_path(ancestor_path, n) for n, _ in ancestor.named_parameters(recurse=False)]
+        head += [_join_path(ancestor_path, n) for n, child in ancestor.named_children()
+                 if n != parts[depth] and _has_params(child)]
+    return tuple(head)
+
+
 def _split_backbone(model: nn.Module) -> tuple[str, nn.Module, tuple[str, ...], str]:
     """(backbone path, backbone, head paths, notes)."""
+    nested = find_backbone(model)
+    if nested is not None and re.search(r"For[A-Z]", type(model).__name__):
+        # A detector or segmenter built on a transformers Backbone: the backbone is that module, and everything
+        # else (DETR's transformer and prediction heads, UperNet's decode head) is the task head.
+        path, backbone = nested
+        return path, backbone, _head_around(model, path), ""
     prefix = getattr(model, "base_model_prefix", "") or ""
     backbone = getattr(model, prefix, None) if prefix else None
     if isinstance(backbone, nn.Module) and any(c is backbone for c in model.children()):

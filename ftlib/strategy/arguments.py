@@ -25,6 +25,11 @@ class FineTuneArguments:
         default=None, metadata={"help": "Regexes (re.search) on parameter names; matching parameters are frozen."}
     )
     head_only: bool = field(default=False, metadata={"help": "Train the task head only (a linear probe)."})
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={"help": "Freeze the whole backbone (embeddings and every block); the head trains: for detection and "
+                          "segmentation the detection transformer or decode head. The same as --head_only."},
+    )
     blocks_pattern: str | None = field(
         default=None,
         metadata={"help": "Regex (fullmatch) on module paths naming the blocks, when they cannot be discovered."},
@@ -218,6 +223,8 @@ class FineTuneArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.freeze_backbone:
+            self.head_only = True  # one mechanism; the name a detection or segmentation user looks for
         if not (0.0 < self.layer_decay <= 1.0) or math.isnan(self.layer_decay):
             raise ValueError(f"--layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from ftlib.strategy.anatomy import Anatomy
+from ftlib.strategy.anatomy import Anatomy, find_backbone
 
 # Attention projections per model_type (query + value, as in the LoRA paper). Families that are not
 # listed fall back to peft's "all-linear" (every Linear in the backbone except the output layer).
@@ -57,6 +58,43 @@ def default_target_modules(model: nn.Module) -> list[str] | str:
     return DEFAULT_TARGET_MODULES.get(model_type, "all-linear")
 
 
+def backbone_targets(model: nn.Module, backbone_path: str, names: list[str] | None) -> str:
+    """A peft ``target_modules`` regex for the modules inside a detector's or segmenter's backbone only: ``names``
+    (the user's), else the backbone family's defaults, else every Linear in it. The same names in the head (DETR's
+    decoder has ``q_proj`` too) are left alone: the head trains in full."""
+    backbone = model.get_submodule(backbone_path)
+    names = names or DEFAULT_TARGET_MODULES.get(getattr(getattr(backbone, "config", None), "model_type", None))
+    if names:
+        return rf"^{re.escape(backbone_path)}\..*\.({'|'.join(re.escape(n) for n in names)})$"
+    linear = [f"{backbone_path}.{n}" for n, m in backbone.named_modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise ValueError(f"LoRA: the backbone {backbone_path} ({type(backbone).__name__}) has no Linear layer; set "
+                         "--lora_target_modules to module names inside it")
+    return "^(" + "|".join(re.escape(n) for n in linear) + ")$"
+
+
+def unambiguous_modules(model: nn.Module, paths: tuple[str, ...] | list[str]) -> list[str]:
+    """``paths`` as peft ``modules_to_save`` names that match only themselves: peft matches every module whose
+    name *ends with* one (``model.encoder`` would also take a backbone's ``model.backbone.model.encoder``), so
+    a path that another module's name ends with is replaced by its children, down to names no other module ends
+    with; a ModuleList (which peft cannot wrap) by its items."""
+    names = [n for n, _ in model.named_modules()]
+    out: list[str] = []
+    for path in paths:
+        clash = [n for n in names if n.endswith(path) and n != path and not n.startswith(path + ".")]
+        module = model.get_submodule(path)
+        container = isinstance(module, (nn.ModuleList, nn.ModuleDict))  # peft wraps modules that run, not lists
+        if not clash and not container:
+            out.append(path)
+            continue
+        if next(module.parameters(recurse=False), None) is not None:
+            raise ValueError(f"LoRA: the head module {path} cannot be saved with the adapter: peft would also take "
+                             f"{clash[0]} (it matches module names by suffix); use --lora_save merged")
+        children = [f"{path}.{n}" for n, child in module.named_children() if next(child.parameters(), None) is not None]
+        out += unambiguous_modules(model, children)
+    return out
+
+
 def apply_lora(
     model: nn.Module,
     anatomy: Anatomy,
@@ -77,7 +115,11 @@ def apply_lora(
     ``trainable_token_indices`` (tokens added to the vocabulary, see :func:`ftlib.training.decoder.add_tokens`), which
     train in the input embeddings and in the LM head (tied or not) through peft's trainable tokens.
     ``use_rslora`` / ``use_dora``: peft's rsLoRA scaling and DoRA."""
-    targets = target_modules or default_target_modules(model)
+    nested = find_backbone(model)  # a detector / segmenter: adapters in its backbone, its head trained in full
+    if nested is not None and task_type not in PRETRAINED_HEAD_TASKS:
+        targets = backbone_targets(model, nested[0], target_modules)
+    else:
+        targets = target_modules or default_target_modules(model)
     extra = {}
     if use_rslora:
         extra["use_rslora"] = True
@@ -92,7 +134,7 @@ def apply_lora(
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets,
-        modules_to_save=None if task_type in PRETRAINED_HEAD_TASKS else list(anatomy.head),
+        modules_to_save=None if task_type in PRETRAINED_HEAD_TASKS else unambiguous_modules(model, anatomy.head),
         task_type=task_type,
         **extra,
     )

@@ -72,3 +72,39 @@ class CausalLMModelArguments(ModelArguments):
         metadata={"help": "QLoRA: load the base model in 4 bits (bitsandbytes NF4, double quantization, bf16 compute) "
                           "and train LoRA adapters on it. CUDA only; needs --lora and bitsandbytes."},
     )
+
+
+@dataclass
+class VisionModelArguments(ModelArguments):
+    """Detection and segmentation: a checkpoint that already is a detector / segmenter, or a backbone to build a fresh
+    one on (``--backbone``)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub model id or local checkpoint directory of a detector / segmenter (or of a backbone, as "
+                          "--backbone); not needed with --backbone."},
+    )
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "A backbone checkpoint (Hub id, folder, or short name: dinov2-small, efficientnet-lite0 ...) to "
+                          "build a fresh detector / segmenter on: its pretrained weights load into the backbone, the head "
+                          "starts from random. Any model transformers has a Backbone class for (DINOv2, ViTDet, ResNet, "
+                          "ConvNeXt, Swin ...)."},
+    )
+    backbone_init: str = field(
+        default="pretrained",
+        metadata={"help": "With --backbone: 'pretrained' (its weights) or 'random' (its architecture, initialised from "
+                          "scratch: the baseline that shows what pretraining gives).", "choices": ["pretrained", "random"]},
+    )
+
+    def __post_init__(self) -> None:
+        if self.backbone is not None:
+            if not self.backbone:
+                raise ValueError("--backbone is empty")
+            if self.model_name_or_path and self.model_name_or_path != self.backbone:
+                raise ValueError(f"--model_name_or_path {self.model_name_or_path} and --backbone {self.backbone}: give one "
+                                 "(a detector / segmenter checkpoint, or a backbone to build one on)")
+            self.model_name_or_path = self.backbone  # short names, conversion and the card's name work on it
+        elif self.backbone_init != "pretrained":
+            raise ValueError("--backbone_init needs --backbone (it says how the backbone of a new model starts)")
+        super().__post_init__()
