@@ -16,15 +16,16 @@ from ftlib.strategy.arguments import FineTuneArguments
 from ftlib.strategy.small_data import budget_epochs
 from ftlib.tasks.causal_lm import CausalLMDataArguments
 from ftlib.tasks.image_classification import ImageDataArguments
+from ftlib.tasks.object_detection import DetectionDataArguments
 from ftlib.tasks.text_classification import TextDataArguments
 from ftlib.tasks.token_classification import TokenDataArguments
-from ftlib.training.arguments import CausalLMModelArguments, ModelArguments
+from ftlib.training.arguments import CausalLMModelArguments, ModelArguments, VisionModelArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*/*.yaml"))
 DATA_ARGUMENTS = {"text_cls": TextDataArguments, "image_cls": ImageDataArguments, "token_cls": TokenDataArguments,
-                  "causal_lm": CausalLMDataArguments}
-MODEL_ARGUMENTS = {"causal_lm": CausalLMModelArguments}
+                  "causal_lm": CausalLMDataArguments, "object_detection": DetectionDataArguments}
+MODEL_ARGUMENTS = {"causal_lm": CausalLMModelArguments, "object_detection": VisionModelArguments}
 
 # Training rows of the data that is not in the repository (Hub datasets, ../shared, the digits export), as the dataset
 # cards and files give them; the budget only shrinks with more rows, so a lower bound would do.
@@ -35,7 +36,8 @@ KNOWN_ROWS = {
     "../shared/data/conll2003/train.txt": 14_041,
     "ethz/food101": 75_750,
     "AI-Lab-Makerere/beans": 1_034,
-    "sklearn-digits": 1_437 - 144,  # its train folder, less the 10% (validation_split_percentage) held out
+    "sklearn-digits": 1_437 - 144,
+    "../shared/data/coco/val2017-panoptic100/train.json": 80,  # its train folder, less the 10% (validation_split_percentage) held out
 }
 
 
@@ -62,10 +64,11 @@ def training_rows(data_args) -> int:
 
 def test_every_recipe_has_a_budget_and_every_config_is_checked():
     assert {config.parent.name for config in CONFIGS} == set(DATA_ARGUMENTS)
-    encoders = set(DATA_ARGUMENTS) - {"causal_lm"}
+    encoders = set(DATA_ARGUMENTS) - {"causal_lm", "object_detection"}
     assert {shipped_defaults(recipe)["min_train_steps"] for recipe in encoders} == {250}
     assert "min_train_steps" not in shipped_defaults("causal_lm")  # nothing measured for decoders: no budget
-    assert len(CONFIGS) == 13
+    assert shipped_defaults("object_detection")["min_train_steps"] == 300  # a fresh DETR head places boxes slowly
+    assert len(CONFIGS) == 14
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")

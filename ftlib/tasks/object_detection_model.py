@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import logging
 
-from ftlib.training.modeling import checkpoint_kwargs, load_config_for_labels, load_image_processor, load_model
+from ftlib.training.modeling import (
+    checkpoint_kwargs,
+    load_config_for_labels,
+    load_image_processor,
+    load_model,
+)
 
 logger = logging.getLogger("ftlib.detection")
 
