@@ -132,11 +132,17 @@ def test_backbone_with_lora_trains_the_head_and_reloads_to_equal_outputs(coco, d
         assert not torch.allclose(fresh(pixel_values=pixels).logits, first)  # the adapter and head did change it
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the resumed run's head weights differ by up to 2e-3 from the "
-                   "uninterrupted run's (not the augmentation: also with --augmentation none); not yet found")
 def test_resumed_run_equals_an_uninterrupted_one(coco, detector, tmp_path):
-    argv = ["--model_name_or_path", str(detector), "--augmentation", "none", "--save_strategy", "steps",
-            "--save_steps", "3", "--eval_strategy", "no", "--learning_rate", "1e-3"]
+    """Bit for bit, the default (random) augmentation on, resumed at an epoch's end. Mid-epoch, a random augmentation
+    is not exact: Trainer restores the RNG after it fetched the first batch, and DataLoader workers draw their seeds
+    when an epoch's iterator starts. The weights that transformers saves under their checkpoint names (the DINOv2
+    backbone as conv_encoder... attention.attention.query) must load back under the model's names."""
+    from transformers import AutoModelForObjectDetection
+
+    from ftlib.training.trainer import in_model_names
+
+    argv = ["--model_name_or_path", str(detector), "--save_strategy", "steps", "--save_steps", "3",
+            "--eval_strategy", "no", "--learning_rate", "1e-3"]
     full = tmp_path / "full"
     run(base_argv(coco, full, *argv))
     resumed = tmp_path / "resumed"
@@ -148,6 +154,9 @@ def test_resumed_run_equals_an_uninterrupted_one(coco, detector, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     first = load_file(full / "checkpoint-3" / "model.safetensors")
     assert any(not torch.equal(first[k], a[k]) for k in a)  # the resumed steps trained
+    model = AutoModelForObjectDetection.from_pretrained(full / "checkpoint-3")
+    assert any("conv_encoder" in k for k in first) and not any("conv_encoder" in k for k in model.state_dict())
+    assert set(in_model_names(model, first)) == set(model.state_dict())
 
 
 def test_map_equals_pycocotools_cocoeval_on_fixed_predictions():

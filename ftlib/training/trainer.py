@@ -212,6 +212,39 @@ def preserved_rng():
             torch.cuda.set_rng_state_all(state[3])
 
 
+def in_model_names(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` as ``save_pretrained`` wrote it, in ``model``'s own parameter names. Since transformers 5,
+    saving reverts the model's weight renamings (a DINOv2 inside Conditional DETR is saved as ``conv_encoder. ...
+    attention.attention.query``, its modules are ``model. ... attention.q_proj``), while Trainer's resume and
+    best-model loading pass the saved names to ``load_state_dict(strict=False)``: the renamed weights silently kept
+    their old values (transformers issues #43701, #48805). Renamings only: each saved name is found through the
+    tensor it names when this model's own state dict is reverted the same way."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        return state_dict
+    own = model.state_dict()
+    if set(state_dict) <= set(own):
+        return state_dict
+    from transformers.core_model_loading import revert_weight_conversion
+
+    own_name = {id(tensor): name for name, tensor in own.items()}
+    saved_to_own = {saved: own_name[id(tensor)] for saved, tensor in revert_weight_conversion(model, dict(own)).items()
+                    if id(tensor) in own_name}
+    return {saved_to_own.get(name, name): tensor for name, tensor in state_dict.items()}
+
+
+@contextmanager
+def loading_saved_names(model: nn.Module):
+    """Within: ``model.load_state_dict`` takes the names ``save_pretrained`` wrote (:func:`in_model_names`)."""
+    load = model.load_state_dict
+    model.load_state_dict = lambda state_dict, *args, **kwargs: load(in_model_names(model, state_dict), *args, **kwargs)
+    try:
+        yield
+    finally:
+        del model.load_state_dict  # the class's method again
+
+
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Trainer's length-grouped sampler, shuffled by a generator seeded with ``seed + epoch``.
 
@@ -369,6 +402,15 @@ class FtTrainer(Trainer):
             self.control.should_training_stop = True
             return None
         return super()._run_epoch(*args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        with loading_saved_names(model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        with loading_saved_names(self.model):
+            super()._load_best_model()
 
     # -- hyperparameter search (ftlib.run.hp_search) ------------------------------------------------------
     def _report_to_hp_search(self, trial, step, metrics):
