@@ -74,6 +74,9 @@ def main(
     if refused:
         raise ValueError(f"{', '.join(refused)}: not supported for object detection (folds and class weights need one "
                          "label per row; a DETR head is a transformer, not a linear probe)")
+    if ft_args.lora and ft_args.lora_save == "adapter" and model_args.backbone_init == "random":
+        raise ValueError("--lora on --backbone_init random: an adapter's base would be the random backbone, which is "
+                         "not saved; add --lora_save merged")
     run = start_run(training_args, ft_args, model_args, data_args)
 
     # -- data: COCO json (or Hub) rows, every annotation checked, every image decoded once, categories -> labels
@@ -165,8 +168,8 @@ def card_sections() -> list[str]:
     return ["## Using the model", "", "```python", "from transformers import pipeline", "",
             'detect = pipeline("object-detection", model="<this folder or repo>")',
             'print(detect("image.jpg", threshold=0.5))', "```", "",
-            "`categories.json` maps the label ids to the training data's category ids; `ftlib-predict --model "
-            "<folder> --input images/ --output preds.json` writes COCO results with those ids.", ""]
+            ("`categories.json` maps the label ids to the training data's category ids; `ftlib-predict --model "
+             "<folder> --input images/ --output preds.json` writes COCO results with those ids."), ""]
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def test_backbone_with_lora_trains_the_head_and_reloads_to_equal_outputs(coco, d
     assert any("lora_A" in k and "backbone" in k for k in saved)
     assert any("class_labels_classifier" in k for k in saved)  # the fresh head is saved with the adapter
     # reload: the same fresh model on the backbone's weights, the adapter and head on it, equals the trained one
-    model_args, data_args, _, _ = parse_args(PARSE, argv, defaults=object_detection.RECIPE_DEFAULTS)
+    model_args, _, _, _ = parse_args(PARSE, argv, defaults=object_detection.RECIPE_DEFAULTS)
     categories = read_coco(coco / "train.json", None, None).categories
     base = build_detector(model_args, str(dinov2), detector_config(model_args, str(dinov2), categories))
     reloaded = PeftModel.from_pretrained(base, out).eval()
@@ -130,6 +130,29 @@ def test_backbone_with_lora_trains_the_head_and_reloads_to_equal_outputs(coco, d
     fresh = build_detector(model_args, str(dinov2), detector_config(model_args, str(dinov2), categories)).eval()
     with torch.no_grad():
         assert not torch.allclose(fresh(pixel_values=pixels).logits, first)  # the adapter and head did change it
+
+    # ftlib-predict on the adapter: its base is not the backbone checkpoint but a detector built fresh on it, rebuilt
+    # from the adapter's config with the backbone's weights; it finds what the reloaded model finds
+    from transformers import AutoImageProcessor
+
+    from ftlib.outputs.predict import main as predict_main
+    from ftlib.tasks.object_detection_data import detect
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    shutil.copy(coco / "images" / "validation_1.png", folder / "a.png")
+    assert predict_main(["--model", str(out), "--input", str(folder), "--output", str(tmp_path / "p.json"),
+                         "--threshold", "0.0", "--disable_tqdm", "--device", "cpu", "--num_workers", "0"]) == 0
+    predicted = json.loads((tmp_path / "p.json").read_text())
+    with torch.no_grad():
+        expected = detect(reloaded, AutoImageProcessor.from_pretrained(out), [folder / "a.png"], threshold=0.0)[0]
+    assert len(predicted) == len(expected["scores"]) > 0
+    assert [r["score"] for r in predicted] == pytest.approx(expected["scores"].tolist(), abs=1e-4)
+
+
+def test_lora_on_a_random_backbone_must_save_merged(coco, dinov2, tmp_path):
+    with pytest.raises(ValueError, match="add --lora_save merged"):
+        run(base_argv(coco, tmp_path / "out", "--backbone", dinov2, "--backbone_init", "random", "--lora", "true"))
 
 
 def test_resumed_run_equals_an_uninterrupted_one(coco, detector, tmp_path):
@@ -297,10 +320,89 @@ def test_classes_negatives_and_clipping_are_counted(coco, caplog):
     squares = sum(a["category_id"] == 1 for a in data["annotations"])
     assert read.dropped_classes == squares
     bars = sum(a["category_id"] == 3 for a in data["annotations"])
-    assert sum(len(b) for b in read.dataset["boxes"]) == bars and set(sum(read.dataset["labels"], [])) == {0}
+    assert sum(len(b) for b in read.dataset["boxes"]) == bars and {label for labels in read.dataset["labels"] for label in labels} == {0}
     assert read.negatives == 12 - len({a["image_id"] for a in data["annotations"] if a["category_id"] == 3})
     everything = read_coco(path, None, None)
     assert everything.clipped == 1 and everything.dataset["boxes"][0][0] == [0.0, 3.0, 19.4, 20.0]
     assert [c["id"] for c in everything.categories] == [1, 3, 7]  # label ids follow the category ids
     with pytest.raises(ValueError, match="--classes cat: not among the categories"):
         read_coco(path, None, None, classes=["cat"])
+
+
+def moved(before: dict, after: dict, part: str) -> tuple[bool, bool]:
+    """(any, every) weight whose saved name contains ``part`` differs between ``before`` and ``after``."""
+    changes = [not torch.equal(before[k], after[k]) for k in before if part in k]
+    assert changes, part
+    return any(changes), all(changes)
+
+
+BACKBONE, LAYER0, LAYER1, EMBEDDINGS = "conv_encoder", "encoder.layer.0.", "encoder.layer.1.", "embeddings.patch"
+HEAD = ("class_labels_classifier", "bbox_predictor", "model.decoder.layers.0.fc1", "query_position_embeddings")
+
+
+def test_freeze_backbone_trains_the_head_and_leaves_the_backbone_bit_identical(coco, detector, tmp_path):
+    out = tmp_path / "out"
+    run(base_argv(coco, out, "--model_name_or_path", detector, "--freeze_backbone", "true", "--save_strategy", "no",
+                  "--learning_rate", "1e-3", "--head_learning_rate", "1e-3"))
+    before, after = load_file(detector / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert moved(before, after, BACKBONE) == (False, False)  # not one backbone weight changed
+    for part in HEAD:
+        assert moved(before, after, part)[1], part
+
+
+def test_gradual_unfreeze_thaws_the_backbone_from_the_top(coco, detector, tmp_path):
+    """Two DINOv2 blocks, a stage every 2 steps of 6: the head alone for steps 1-2, + block 2 for 3-4, + block 1 and
+    the embeddings for 5-6. A frozen weight stays bit-identical until its stage."""
+    out = tmp_path / "out"
+    run(base_argv(coco, out, "--model_name_or_path", detector, "--gradual_unfreeze", "2", "--gradual_unfreeze_unit",
+                  "step", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "5",
+                  "--eval_strategy", "no", "--learning_rate", "1e-3"))
+    initial = load_file(detector / "model.safetensors")
+    at = {step: load_file(out / f"checkpoint-{step}" / "model.safetensors") for step in (2, 4)}
+    final = load_file(out / "model.safetensors")
+    assert moved(initial, at[2], BACKBONE) == (False, False) and all(moved(initial, at[2], p)[1] for p in HEAD)
+    assert moved(initial, at[4], LAYER1)[1] and moved(initial, at[4], LAYER0) == (False, False)
+    assert moved(initial, at[4], EMBEDDINGS) == (False, False)
+    assert moved(at[4], final, LAYER0)[1] and moved(at[4], final, EMBEDDINGS)[1]
+
+
+def test_a_hub_dataset_in_the_transformers_example_layout_trains(detector, tmp_path):
+    """A dataset folder as the Hub holds it (parquet splits; ``image``, ``objects`` with bbox xywh, a ClassLabel
+    category, area, id): categories from the ClassLabel names, ``--classes`` by name, boxes checked."""
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Sequence, Value
+
+    features = Features({"image": ImageFeature(), "objects": {
+        "bbox": Sequence(Sequence(Value("float32"), length=4)), "category": Sequence(ClassLabel(names=["cat", "dog"])),
+        "area": Sequence(Value("float32")), "id": Sequence(Value("int64"))}})
+    rng = np.random.default_rng(0)
+
+    def split(n: int, name: str) -> None:
+        rows = [{"image": Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)),
+                 "objects": {"bbox": [[4.0, 6.0, 20.0, 16.0], [30.0, 8.0, 10.0, 30.0]], "category": [0, 1],
+                             "area": [320.0, 300.0], "id": [10 * i, 10 * i + 1]}} for i in range(n)]
+        rows[-1]["objects"] = {"bbox": [], "category": [], "area": [], "id": []}  # a negative
+        Dataset.from_list(rows, features=features).to_parquet(tmp_path / "hub" / "data" / f"{name}-00000-of-00001.parquet")
+
+    split(8, "train")
+    split(4, "validation")
+    out = tmp_path / "out"
+    metrics = run(["--dataset_name", str(tmp_path / "hub"), "--classes", "dog", "--model_name_or_path", str(detector),
+                   "--ignore_mismatched_sizes", "true", "--output_dir", str(out), "--image_size", "48",
+                   "--max_image_size", "64", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                   "--save_strategy", "no", "--use_cpu", "true", "--dataloader_num_workers", "0",
+                   "--disable_tqdm", "true"])
+    assert "eval_ap_dog" in metrics and "eval_ap_cat" not in metrics
+    assert json.loads((out / "categories.json").read_text()) == [{"label": 0, "id": 1, "name": "dog"}]
+
+    from ftlib.tasks.object_detection_data import hub_rows
+    from datasets import load_dataset
+
+    raw = load_dataset(str(tmp_path / "hub"))
+    read = hub_rows(raw["train"], "image", "objects", ["dog"], 1.0, source="hub:train")
+    assert read.dataset["boxes"][0] == [[30.0, 8.0, 10.0, 30.0]] and read.dataset["labels"][0] == [0]
+    assert read.negatives == 1 and read.dropped_classes == 7
+    bad = raw["train"].map(lambda row: {"objects": {**row["objects"], "bbox": [[50.0, 6.0, 20.0, 16.0]] * 2}}
+                           if row["objects"]["bbox"] else row)
+    with pytest.raises(ValueError, match=r"hub:train: row 0 object 0.*\[50.0, 6.0, 20.0, 16.0\]"):
+        hub_rows(bad, "image", "objects", None, 1.0, source="hub:train")

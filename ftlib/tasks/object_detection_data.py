@@ -111,7 +111,7 @@ def read_coco(path: str | Path, image_folder: str | Path | None, categories: lis
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{source} is not a COCO json: {err}") from None
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise ValueError(f"{source} is not a COCO json: it needs an 'images' list (and 'annotations', 'categories')")
+        raise ValueError(f"{source} is not a COCO json: it needs an 'images' list (and 'annotations', 'categories')")  # noqa: TRY004 (bad file content, a ValueError like every other input error)
     folder = Path(image_folder) if image_folder else default_image_folder(path)
     if categories is None and not coco.get("annotations") and not coco.get("categories"):
         categories = []  # images to predict
