@@ -406,3 +406,38 @@ def test_a_hub_dataset_in_the_transformers_example_layout_trains(detector, tmp_p
                            if row["objects"]["bbox"] else row)
     with pytest.raises(ValueError, match=r"hub:train: row 0 object 0.*\[50.0, 6.0, 20.0, 16.0\]"):
         hub_rows(bad, "image", "objects", None, 1.0, source="hub:train")
+
+
+# --- the real backbone ------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+PANOPTIC = ROOT.parent / "shared" / "data" / "coco" / "val2017-panoptic100"
+
+
+@pytest.mark.slow  # DINOv2-small (22M parameters) at 336 px: about a minute on 2 CPU cores
+def test_demo_config_trains_on_dinov2_small_and_four_coco_photos(tmp_path):
+    if not PANOPTIC.is_dir():
+        pytest.skip(f"{PANOPTIC} absent (the shared COCO data)")
+    from ftlib.training.checkpoints import resolve_checkpoint
+
+    try:
+        backbone = resolve_checkpoint("dinov2-small")
+    except ValueError as err:
+        pytest.skip(f"dinov2-small not available: {err}")
+    out = tmp_path / "demo"
+    # the shipped demo as it is (its paths are relative to the repository), shortened on the command line
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)
+        metrics = run(["--config", "recipes/configs/object_detection/demo.yaml", "--output_dir", str(out),
+                       "--max_train_samples", "4", "--max_eval_samples", "4", "--max_steps", "3", "--eval_strategy",
+                       "no", "--save_strategy", "no", "--disable_tqdm", "true"])
+    assert 0.0 <= metrics["eval_map"] <= 1.0 and "eval_ap_person" in metrics and np.isfinite(metrics["eval_loss"])
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and all(np.isfinite(e["loss"]) for e in state["log_history"] if "loss" in e)
+    # the backbone started from DINOv2-small's weights: after 3 steps at <= 5e-5 they are still close to them
+    pretrained = load_file(Path(backbone) / "model.safetensors")
+    saved = load_file(out / "model.safetensors")
+    name = "embeddings.patch_embeddings.projection.weight"
+    trained = saved[f"model.backbone.conv_encoder.model.{name}"]
+    assert (trained - pretrained[name]).abs().max() < 1e-2 < pretrained[name].abs().max()
+    assert json.loads((out / "categories.json").read_text()) == [{"label": 0, "id": 1, "name": "person"}]
