@@ -370,7 +370,8 @@ def test_gradual_unfreeze_thaws_the_backbone_from_the_top(coco, detector, tmp_pa
 def test_a_hub_dataset_in_the_transformers_example_layout_trains(detector, tmp_path):
     """A dataset folder as the Hub holds it (parquet splits; ``image``, ``objects`` with bbox xywh, a ClassLabel
     category, area, id): categories from the ClassLabel names, ``--classes`` by name, boxes checked."""
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Sequence, Value
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+    from datasets import Image as ImageFeature
 
     features = Features({"image": ImageFeature(), "objects": {
         "bbox": Sequence(Sequence(Value("float32"), length=4)), "category": Sequence(ClassLabel(names=["cat", "dog"])),
@@ -395,8 +396,9 @@ def test_a_hub_dataset_in_the_transformers_example_layout_trains(detector, tmp_p
     assert "eval_ap_dog" in metrics and "eval_ap_cat" not in metrics
     assert json.loads((out / "categories.json").read_text()) == [{"label": 0, "id": 1, "name": "dog"}]
 
-    from ftlib.tasks.object_detection_data import hub_rows
     from datasets import load_dataset
+
+    from ftlib.tasks.object_detection_data import hub_rows
 
     raw = load_dataset(str(tmp_path / "hub"))
     read = hub_rows(raw["train"], "image", "objects", ["dog"], 1.0, source="hub:train")
