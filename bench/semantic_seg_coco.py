@@ -6,8 +6,8 @@ against one learning rate for everything, and against the same model with a rand
     python bench/semantic_seg_coco.py --all_classes           # the 133 panoptic categories instead of person
     python bench/semantic_seg_coco.py --set augmentation=standard --set learning_rate=2e-4
 
-Data: ../shared/data/coco/val2017-panoptic100 (100 COCO val2017 photos, panoptic semantic masks, 0 = void), a
-seeded 80 / 20 split; person against background (--classes person) unless --all_classes. Model: UperNet (decode
+Data: ../shared/data/coco/val2017-panoptic100 (100 COCO val2017 photos, panoptic semantic masks, 0 = void), its
+own 80 / 20 split (train.json / validation.json, as the detection benchmark); person against background (--classes person) unless --all_classes. Model: UperNet (decode
 head 256 channels) built on dinov2-small, 224x224 inputs, batch 8, --steps optimizer steps (40: 4 epochs). Runs,
 through ``recipes/semantic_seg.py``'s ``main``:
   (a) strategy: the recipe's defaults (backbone at 1e-4 with layer decay 0.8 below its top block, the fresh head
@@ -46,8 +46,8 @@ from ftlib.tasks.semantic_segmentation import SegmentationDataArguments
 from ftlib.training.arguments import VisionModelArguments
 
 COMMON = [
-    "--backbone", "dinov2-small", "--image_folder", str(COCO / "images"), "--mask_folder", str(COCO / "semantic_masks"),
-    "--class_names", str(COCO / "semantic_categories.json"), "--void_id", "0", "--validation_split_percentage", "20",
+    "--backbone", "dinov2-small",
+    "--class_names", str(COCO / "semantic_categories.json"), "--void_id", "0",
     "--image_size", "224", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
     "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "5", "--overwrite_output_dir", "true",
     "--disable_tqdm", "true",
@@ -59,9 +59,27 @@ RUNS = {
 }
 
 
+def split_files(out: Path) -> list[str]:
+    """The set's own 80 / 20 split (train.json / validation.json: the photos the detection benchmark uses too) as csv
+    files of image and mask paths, so that every seed is scored on the same 20 validation photos."""
+    import csv
+    import json
+
+    flags = []
+    for split in ("train", "validation"):
+        names = [image["file_name"] for image in json.loads((COCO / f"{split}.json").read_text())["images"]]
+        path = out / f"{split}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "mask"])
+            writer.writerows([COCO / "images" / n, COCO / "semantic_masks" / f"{Path(n).stem}.png"] for n in names)
+        flags += [f"--{split}_file", str(path)]
+    return flags
+
+
 def recipe_args(name: str, extra: list[str], seed: int, steps: int, out: Path, all_classes: bool) -> tuple:
     classes = [] if all_classes else ["--classes", "person"]
-    argv = [*COMMON, *classes, *RUNS[name], *extra, "--seed", str(seed), "--max_steps", str(steps),
+    argv = [*COMMON, *split_files(out), *classes, *RUNS[name], *extra, "--seed", str(seed), "--max_steps", str(steps),
             "--output_dir", str(out / f"{name}-{seed}")]
     return parse_args((VisionModelArguments, SegmentationDataArguments, FineTuneArguments, TrainingArguments), argv,
                       defaults=RECIPE_DEFAULTS)
@@ -111,6 +129,7 @@ def main_bench() -> None:
         sys.exit(f"{COCO} not found: this benchmark needs ../shared/data/coco/val2017-panoptic100")
     extra = [token for item in args.set for token in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])]
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_semantic_seg_"))
+    out.mkdir(parents=True, exist_ok=True)
     headline = "eval_mean_iou" if args.all_classes else "eval_iou_person"
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; torch threads "
           f"{torch.get_num_threads()}; DataLoader workers {RECIPE_DEFAULTS['dataloader_num_workers']}", flush=True)

@@ -27,6 +27,7 @@ ARGUMENT_CLASSES: list[tuple[str, str, str]] = [
     ("ftlib.tasks.token_classification", "TokenDataArguments", "`recipes/token_cls.py`"),
     ("ftlib.training.arguments", "CausalLMModelArguments", "`recipes/causal_lm.py` (its model arguments)"),
     ("ftlib.tasks.causal_lm_args", "CausalLMDataArguments", "`recipes/causal_lm.py`"),
+    ("ftlib.tasks.object_detection", "DetectionDataArguments", "`recipes/object_detection.py`"),
     ("ftlib.tasks.semantic_segmentation", "SegmentationDataArguments", "`recipes/semantic_seg.py`"),
     ("ftlib.training.arguments", "VisionModelArguments",
      "`recipes/object_detection.py` and `recipes/semantic_seg.py` (their model arguments)"),

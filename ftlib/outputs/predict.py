@@ -35,6 +35,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -118,7 +119,9 @@ def inspect_model(path: str | Path, task: str | None = None, base_model: str | N
     else:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     task = _check_task(path, task, settings, config)
-    base = resolve_base(path, settings, base_model, config.model_type) if adapter else None
+    backbone = getattr(config, "backbone_config", None)
+    base = resolve_base(path, settings, base_model, config.model_type,
+                        getattr(backbone, "model_type", None)) if adapter else None
     return ModelFolder(path, task, config, settings, base)
 
 
@@ -146,10 +149,12 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~", "\\")) or Path(name).is_absolute() or name.count("/") > 1
 
 
-def resolve_base(path: Path, settings: dict, base_model: str | None, model_type: str) -> str:
+def resolve_base(path: Path, settings: dict, base_model: str | None, model_type: str,
+                 backbone_type: str | None = None) -> str:
     """Where a LoRA adapter's base checkpoint loads from: ``--base_model``, else the one its adapter config records,
     else the run's ``model_name_or_path`` (offline short names resolved): a local folder, or a Hub name found
-    (offline: in the local cache). None available is an error naming the base and ``--base_model``."""
+    (offline: in the local cache). None available is an error naming the base and ``--base_model``. The base is of
+    the adapter's model type, or (``backbone_type``: a model built on a backbone, ``--backbone``) the backbone's."""
     from transformers import AutoConfig
 
     recorded = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
@@ -174,7 +179,7 @@ def resolve_base(path: Path, settings: dict, base_model: str | None, model_type:
         except (OSError, ValueError) as err:
             reasons.append(f"{name}: {str(err).splitlines()[0]}")
             continue
-        if base_type != model_type:
+        if base_type != model_type and base_type != backbone_type:
             raise PredictError(f"{'--base_model ' if base_model else ''}{name} is a {base_type} model; the adapter in "
                                f"{path} was trained on a {model_type} one ({recorded})")
         return found
@@ -202,7 +207,7 @@ def load_model(folder: ModelFolder, device: str = "cpu", trust_remote_code: bool
         before = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "head newly initialised": the adapter brings the trained head
         try:
-            base = auto.from_pretrained(folder.base, config=folder.config, trust_remote_code=trust_remote_code)
+            base = load_base(auto, folder, trust_remote_code)
         finally:
             hf_logging.set_verbosity(before)
         try:
@@ -211,6 +216,24 @@ def load_model(folder: ModelFolder, device: str = "cpu", trust_remote_code: bool
             raise PredictError(f"the LoRA adapter in {folder.path} does not fit the base model {folder.base}: "
                                f"{str(err).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+def load_base(auto, folder: ModelFolder, trust_remote_code: bool = False):
+    """A LoRA adapter's base model: the base checkpoint with the adapter's task config, or, where the base is a plain
+    backbone (a run with ``--backbone``: the adapter sits on a model built fresh around it), that model built again
+    from the adapter's config with the backbone's pretrained weights loaded into it; the adapter brings the rest."""
+    from transformers import AutoConfig
+
+    from ftlib.training.backbone import is_backbone_only, load_backbone_weights
+
+    config = AutoConfig.from_pretrained(folder.base, trust_remote_code=trust_remote_code)
+    if not (is_backbone_only(config) and getattr(folder.config, "backbone_config", None) is not None):
+        return auto.from_pretrained(folder.base, config=folder.config, trust_remote_code=trust_remote_code)
+    model = auto.from_config(folder.config, trust_remote_code=trust_remote_code)
+    source = SimpleNamespace(model_name_or_path=folder.base, revision=folder.settings.get("revision") or None,
+                             cache_dir=None, trust_remote_code=trust_remote_code)
+    load_backbone_weights(model, folder.base, source)
+    return model
 
 
 # -- settings and input --------------------------------------------------------------------------------------------

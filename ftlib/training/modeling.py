@@ -37,14 +37,13 @@ def checkpoint_path(model_args, checkpoint: str | None = None) -> str:
 
 def load_config_for_labels(model_args, num_labels: int, id2label: dict[int, str], problem_type: str | None, *,
                            checkpoint: str | None = None, head_suffix: str = "Classification", **extra):
-    """The checkpoint's config with our labels. A checkpoint that already has a task head of another size (an
-    architecture whose name ends with ``head_suffix``) is an error (its head would be dropped) unless
-    ``--ignore_mismatched_sizes``."""
+    """The checkpoint's config with our labels. A checkpoint that already has a task head (an architecture ending
+    with ``head_suffix``) of another size is an error (its head would be dropped) unless ``--ignore_mismatched_sizes``."""
     config = AutoConfig.from_pretrained(checkpoint_path(model_args, checkpoint), **checkpoint_kwargs(model_args))
     has_head = any(a.endswith(head_suffix) for a in (config.architectures or []))
     if has_head and config.num_labels != num_labels and not model_args.ignore_mismatched_sizes:
         raise ValueError(
-            f"{model_args.model_name_or_path} has a {'classification' if head_suffix == 'Classification' else 'task'} head for {config.num_labels} labels "
+            f"{model_args.model_name_or_path} has a head for {config.num_labels} labels "
             f"({', '.join(map(str, config.id2label.values()))}) but the data has {num_labels} "
             f"({', '.join(id2label.values())}); pass --ignore_mismatched_sizes to train a new head"
         )

@@ -137,7 +137,7 @@ def ftlib_loss_kind(labels, problem_type: str | None, class_weights: bool, per_t
     """Which loss :meth:`FtTrainer.compute_loss` computes itself for a batch with these ``labels``: ``"per_token"``
     (a token batch's summed loss over a constant, ``token_loss_normalizer``), ``"weighted"`` (class weights, or
     soft mixup / cutmix targets, which the models' own losses reject), or None: the model's own loss."""
-    if labels is None:
+    if not isinstance(labels, torch.Tensor):  # none, or one target per image (detection): the model's own loss
         return None
     soft = labels.is_floating_point() and labels.dim() == 2 and problem_type != MULTI_LABEL
     if per_token and not labels.is_floating_point() and labels.dim() == 2:
