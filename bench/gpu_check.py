@@ -34,6 +34,10 @@ offline. What it runs, each row of the table:
    so), once in bf16 and once in fp32: final eval accuracy within 0.5 point (or one example, where one example weighs
    more: 1.25 points on the tickets' 80 validation rows).
 
+5. detection and segmentation speed: recipes/object_detection.py (Conditional DETR) and recipes/semantic_seg.py
+   (UperNet) on DINOv2-small (--backbone dinov2-small) at 448 px, bf16, on synthetic scenes (rectangles on noise, boxes
+   and masks): training images/s over the timed steps, and evaluation images/s.
+
 Not measured yet: no GPU has run this in this project's sessions so far (the CPU smoke mode has), so neither its
 figures nor its wall time on a GPU are known.
 """
@@ -107,6 +111,10 @@ class Plan:
     image_steps: int
     fsdp_steps: int
     fsdp_save_every: int
+    vision_size: int
+    vision_rows: int
+    vision_batch: int
+    vision_steps: int
 
 
 GPU_PLAN = Plan(
@@ -115,6 +123,7 @@ GPU_PLAN = Plan(
     speed_rows=6000, speed_batch=64, warm_steps=15, timed_steps=60,
     image_model="efficientnet-lite0", image_size=224, image_rows=3584, image_batch=64, image_steps=40,
     fsdp_steps=12, fsdp_save_every=4,
+    vision_size=448, vision_rows=512, vision_batch=16, vision_steps=20,
 )
 SMOKE_PLAN = Plan(
     smoke=True,
@@ -122,6 +131,7 @@ SMOKE_PLAN = Plan(
     speed_rows=96, speed_batch=8, warm_steps=2, timed_steps=4,
     image_model=None, image_size=32, image_rows=64, image_batch=8, image_steps=4,
     fsdp_steps=6, fsdp_save_every=2,
+    vision_size=64, vision_rows=24, vision_batch=4, vision_steps=3,
 )
 
 
@@ -182,12 +192,17 @@ def recipe_run(recipe: str, argv: list[str]) -> dict:
     from ftlib.run.cli import parse_args
     from ftlib.strategy.arguments import FineTuneArguments
     from ftlib.tasks.image_classification import ImageDataArguments
+    from ftlib.tasks.object_detection import DetectionDataArguments
+    from ftlib.tasks.semantic_segmentation import SegmentationDataArguments
     from ftlib.tasks.text_classification import TextDataArguments
-    from ftlib.training.arguments import ModelArguments
+    from ftlib.training.arguments import ModelArguments, VisionModelArguments
 
     module = __import__(recipe)
-    data = TextDataArguments if recipe == "text_cls" else ImageDataArguments
-    args = parse_args((ModelArguments, data, FineTuneArguments, TrainingArguments), [str(a) for a in argv],
+    model, data = {"text_cls": (ModelArguments, TextDataArguments),
+                   "object_detection": (VisionModelArguments, DetectionDataArguments),
+                   "semantic_seg": (VisionModelArguments, SegmentationDataArguments)}.get(
+        recipe, (ModelArguments, ImageDataArguments))
+    args = parse_args((model, data, FineTuneArguments, TrainingArguments), [str(a) for a in argv],
                       defaults=module.RECIPE_DEFAULTS)
     return module.main(*args)
 
@@ -721,6 +736,81 @@ def image_speed(work: Path, plan: Plan) -> list[Row]:
                 f"{'keeps up' if keeps_up else 'does not keep up'}", status)]
 
 
+# -- 5. detection and segmentation speed ----------------------------------------------------------------------------
+
+
+def synthetic_scenes(root: Path, rows: int, size: int) -> Path:
+    """``rows`` JPEGs of noise with one to three filled rectangles (class 1 or 2), as COCO json (boxes) and class-id
+    mask PNGs, a tenth of them again for validation: what both vision recipes read."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    categories = [{"id": 1, "name": "square"}, {"id": 2, "name": "bar"}]
+    for split, n in (("train", rows), ("validation", max(4, rows // 10))):
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(n):
+            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            mask = np.zeros((size, size), dtype=np.uint8)
+            for _ in range(int(rng.integers(1, 4))):
+                category = int(rng.integers(1, 3))
+                w, h = (int(v) for v in rng.integers(size // 8, size // 3, 2))
+                x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+                pixels[y:y + h, x:x + w] = (200, 40, 40) if category == 1 else (40, 40, 200)
+                mask[y:y + h, x:x + w] = category
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category,
+                                    "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            Image.fromarray(pixels).save(root / split / "images" / f"{i}.jpg", quality=90)
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+            images.append({"id": i + 1, "file_name": f"{i}.jpg", "width": size, "height": size})
+        (root / split / "annotations.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories}))
+    return root
+
+
+def tiny_vit_backbone(work: Path) -> Path:
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    path = work / "tiny-dinov2"
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=8,
+                             image_size=64)).save_pretrained(path)
+    return path
+
+
+def vision_speed(work: Path, plan: Plan) -> list[Row]:
+    """Images/s of training (the timed steps) and of evaluation for the detection and segmentation recipes on
+    DINOv2-small (``dinov2-small``; a tiny random DINOv2 for --cpu-smoke), bf16 on a GPU."""
+    size = plan.vision_size
+    data = synthetic_scenes(work / "scenes", plan.vision_rows, size)
+    backbone = "dinov2-small" if not plan.smoke else tiny_vit_backbone(work)
+    common = ["--backbone", backbone, "--image_size", size, "--per_device_train_batch_size", plan.vision_batch,
+              "--per_device_eval_batch_size", plan.vision_batch, "--max_steps", plan.warm_steps + plan.vision_steps,
+              "--min_train_steps", 0, "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", 1000,
+              "--report_to", "none", "--disable_tqdm", "true", "--bf16", str(cuda()).lower()]
+    recipes = {
+        "object_detection": ["--train_file", data / "train" / "annotations.json",
+                             "--validation_file", data / "validation" / "annotations.json",
+                             "--max_image_size", size],
+        "semantic_seg": ["--image_folder", data / "train" / "images", "--mask_folder", data / "train" / "masks",
+                         "--class_names", "background", "square", "bar"],
+    }
+    rows = []
+    for recipe, argv in recipes.items():
+        results = {}
+        meter = metered(plan.warm_steps, lambda: results.update(recipe_run(
+            recipe, [*common, *argv, "--output_dir", work / f"{recipe}-out"])))
+        setting = (f"{'DINOv2-small' if not plan.smoke else 'tiny DINOv2 (random)'}, {size} px, "
+                   f"{'bf16' if cuda() else 'fp32 (CPU)'}, batch {plan.vision_batch}, synthetic scenes")
+        rows.append(Row(f"{recipe.replace('_', ' ')} speed, recipe", setting,
+                        f"training {meter.per_second():.1f} images/s; evaluation "
+                        f"{results['eval_samples_per_second']:.1f} images/s", "info"))
+    return rows
+
+
 # -- 4. bf16 vs fp32 ---------------------------------------------------------------------------------------------------
 
 
@@ -810,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="a missed aim fails the check too")
     parser.add_argument("--json", type=Path, help="write the rows here as JSON")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
-    parser.add_argument("--only", nargs="+", choices=["text", "fsdp", "zero3", "image", "precision"],
+    parser.add_argument("--only", nargs="+", choices=["text", "fsdp", "zero3", "image", "vision", "precision"],
                         help="run only these")
     parser.add_argument("--sst2", type=Path, help="SST-2 folder (train.tsv, dev.tsv) for the bf16 vs fp32 check")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -833,6 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     checks = {"text": ("text speed", text_speed, work, plan, peak, peak_note), "fsdp": ("FSDP", fsdp_checks, work, plan),
               "zero3": ("ZeRO-3", zero3_check, work, plan), "image": ("image speed", image_speed, work, plan),
+              "vision": ("detection and segmentation speed", vision_speed, work, plan),
               "precision": ("bf16 vs fp32", bf16_vs_fp32, work, plan, args.sst2)}
     rows, times = [], {}
     for key, (name, function, *check_args) in checks.items():

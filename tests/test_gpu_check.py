@@ -64,6 +64,8 @@ EXPECTED = {  # check -> status in --cpu-smoke
     "ZeRO-3 save (gathered) = trained": "skipped: needs CUDA",
     "image speed, recipe": "info",
     "image input pipeline alone": "info",
+    "object detection speed, recipe": "info",
+    "semantic seg speed, recipe": "info",
     "bf16 vs fp32 eval accuracy (within 0.5)": "skipped: needs CUDA",
 }
 
