@@ -193,3 +193,15 @@ def test_frozen_batch_norm_keeps_the_backbones_statistics_and_trains_the_heads(r
     head_bn = next(m for n, m in model.decode_head.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert not backbone_bn.training and int(backbone_bn.num_batches_tracked) == 0  # pretrained statistics kept
     assert head_bn.training and int(head_bn.num_batches_tracked) == 1  # a fresh head's statistics learn
+
+
+def test_config_overrides_reach_the_head_and_under_backbone_config_the_backbone(dinov2_dir):
+    from ftlib.tasks.object_detection_model import detector_config
+
+    args = model_args(dinov2_dir, config_overrides='{"num_queries": 7, "backbone_config": {"drop_path_rate": 0.1}}')
+    config = detector_config(args, dinov2_dir, [{"id": 1, "name": "person"}])
+    assert config.num_queries == 7 and config.backbone_config.drop_path_rate == 0.1
+    with pytest.raises(ValueError, match="ConditionalDetrConfig has no attribute 'num_querys'"):
+        detector_config(model_args(dinov2_dir, config_overrides='{"num_querys": 7}'), dinov2_dir, [{"id": 1, "name": "a"}])
+    with pytest.raises(ValueError, match="Dinov2Config has no attribute 'depth'"):
+        backbone_config(dinov2_dir, model_args(dinov2_dir, config_overrides='{"backbone_config": {"depth": 2}}'))

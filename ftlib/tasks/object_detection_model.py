@@ -33,11 +33,13 @@ def detector_config(model_args, checkpoint: str, categories: list[dict]):
     if getattr(model_args, "backbone", None):
         from transformers import ConditionalDetrConfig
 
-        from ftlib.training.backbone import backbone_config
+        from ftlib.training.backbone import apply_overrides, backbone_config, head_and_backbone_overrides
 
-        return ConditionalDetrConfig(use_timm_backbone=False, backbone_config=backbone_config(checkpoint, model_args, 1),
-                                     backbone=None, use_pretrained_backbone=False, num_labels=len(id2label),
-                                     id2label=id2label, label2id=label2id, **FRESH_HEAD)
+        config = ConditionalDetrConfig(use_timm_backbone=False, backbone_config=backbone_config(checkpoint, model_args, 1),
+                                       backbone=None, use_pretrained_backbone=False, num_labels=len(id2label),
+                                       id2label=id2label, label2id=label2id, **FRESH_HEAD)
+        apply_overrides(config, head_and_backbone_overrides(model_args)[0])  # e.g. {"num_queries": 20}
+        return config
     return load_config_for_labels(model_args, len(id2label), id2label, None, checkpoint=checkpoint,
                                   head_suffix=HEAD_SUFFIX)
 

@@ -405,15 +405,17 @@ def build_segmenter(checkpoint: str, model_args, labels: LabelMap, assembled: bo
     from ftlib.training.modeling import load_config_for_labels, load_model
 
     if assembled:
-        from ftlib.training.backbone import backbone_config, load_backbone_weights
+        from ftlib.training.backbone import (
+            apply_overrides,
+            backbone_config,
+            head_and_backbone_overrides,
+            load_backbone_weights,
+        )
 
         config = UperNetConfig(backbone_config=backbone_config(checkpoint, model_args, 4), hidden_size=256,
                                use_auxiliary_head=False, num_labels=len(labels.names), id2label=labels.id2label,
                                label2id={v: k for k, v in labels.id2label.items()})
-        for key, value in model_args.config_updates.items():
-            if not hasattr(config, key):
-                raise ValueError(f"--config_overrides: UperNetConfig has no attribute '{key}'")
-            setattr(config, key, value)
+        apply_overrides(config, head_and_backbone_overrides(model_args)[0])  # e.g. {"hidden_size": 128}
         set_ignore_index(config, labels.ignore_index)
         model = UperNetForSemanticSegmentation(config)
         if getattr(model_args, "backbone_init", "pretrained") == "pretrained":

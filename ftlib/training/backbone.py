@@ -46,11 +46,27 @@ def backbone_config(checkpoint: str, model_args, num_stages: int = 1):
     config.out_features = [stages[round(len(stages) - 1 - i * step)] for i in reversed(range(num_stages))]
     if hasattr(config, "reshape_hidden_states"):
         config.reshape_hidden_states = True  # ViTs: tokens -> (batch, hidden, height / patch, width / patch)
-    for key, value in model_args.config_updates.items():
+    apply_overrides(config, head_and_backbone_overrides(model_args)[1])
+    return config
+
+
+def head_and_backbone_overrides(model_args) -> tuple[dict, dict]:
+    """``--config_overrides`` of a model built on a backbone, split: the keys of the model's own config (the head's:
+    Conditional DETR's ``num_queries``, UperNet's ``hidden_size``) and, under ``backbone_config``, the backbone's
+    (``{"backbone_config": {"drop_path_rate": 0.1}}``)."""
+    updates = dict(model_args.config_updates)
+    backbone = updates.pop("backbone_config", {})
+    if not isinstance(backbone, dict):
+        raise ValueError(f"--config_overrides: backbone_config must be a mapping of the backbone's settings, got {backbone!r}")
+    return updates, backbone
+
+
+def apply_overrides(config, updates: dict) -> None:
+    """Set each key on ``config``; a name it does not have is an error (a typo would otherwise do nothing)."""
+    for key, value in updates.items():
         if not hasattr(config, key):
             raise ValueError(f"--config_overrides: {type(config).__name__} has no attribute '{key}'")
         setattr(config, key, value)
-    return config
 
 
 def load_backbone_weights(model, checkpoint: str, model_args) -> None:
