@@ -781,6 +781,10 @@ def tiny_vit_backbone(work: Path) -> Path:
     return path
 
 
+def _run_into(results: dict, recipe: str, argv: list) -> None:
+    results.update(recipe_run(recipe, argv))
+
+
 def vision_speed(work: Path, plan: Plan) -> list[Row]:
     """Images/s of training (the timed steps) and of evaluation for the detection and segmentation recipes on
     DINOv2-small (``dinov2-small``; a tiny random DINOv2 for --cpu-smoke), bf16 on a GPU."""
@@ -801,8 +805,8 @@ def vision_speed(work: Path, plan: Plan) -> list[Row]:
     rows = []
     for recipe, argv in recipes.items():
         results = {}
-        meter = metered(plan.warm_steps, lambda: results.update(recipe_run(
-            recipe, [*common, *argv, "--output_dir", work / f"{recipe}-out"])))
+        meter = metered(plan.warm_steps, partial(_run_into, results, recipe,
+                                                 [*common, *argv, "--output_dir", work / f"{recipe}-out"]))
         setting = (f"{'DINOv2-small' if not plan.smoke else 'tiny DINOv2 (random)'}, {size} px, "
                    f"{'bf16' if cuda() else 'fp32 (CPU)'}, batch {plan.vision_batch}, synthetic scenes")
         rows.append(Row(f"{recipe.replace('_', ' ')} speed, recipe", setting,

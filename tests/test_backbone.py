@@ -186,7 +186,7 @@ def test_vision_model_arguments():
 
 def test_frozen_batch_norm_keeps_the_backbones_statistics_and_trains_the_heads(resnet_dir):
     model = segmenter(resnet_dir)
-    model, anatomy = prepare_model(model, FineTuneArguments(batch_norm="frozen"))
+    model, _ = prepare_model(model, FineTuneArguments(batch_norm="frozen"))
     model.train()
     model(pixel_values=torch.randn(2, 3, 64, 64), labels=torch.randint(0, 3, (2, 64, 64)))
     backbone_bn = model.backbone.embedder.embedder.normalization

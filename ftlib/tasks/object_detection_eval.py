@@ -10,6 +10,7 @@ every standard flag (eval / save strategies, best model, early stopping) sees th
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,7 +36,9 @@ def coco_map(predictions: list[dict], targets: list[dict], label_names: list[str
 def new_metric():
     from torchmetrics.detection import MeanAveragePrecision
 
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", class_metrics=True)
+    # Fed every image once, gathered from every process (DetectionTrainer): its own sync would count them again.
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", class_metrics=True,
+                                sync_on_compute=False)
 
 
 def summarise(metric, label_names: list[str]) -> dict[str, float]:
@@ -72,12 +75,16 @@ class DetectionEvaluator:
         self.metric = new_metric()
         self.images: list[tuple[dict, dict]] = []
 
-    def update(self, outputs, labels: list[dict]) -> None:
+    def update(self, outputs, labels: list[dict], gather=None) -> None:
+        """One batch; ``gather`` (several processes) collects every process's images, each once."""
         sizes = torch.stack([label["orig_size"] for label in labels])
         predictions = postprocess(self.processor, outputs, sizes, threshold=0.0, top_k=self.top_k)
-        targets = [target_boxes(label) for label in labels]
-        self.metric.update(predictions, targets)
-        self.images += list(zip(predictions, targets))
+        images = list(zip(predictions, [target_boxes(label) for label in labels]))
+        if gather is not None:
+            images = gather(images)
+        if images:
+            self.metric.update([prediction for prediction, _ in images], [target for _, target in images])
+        self.images += images
 
     def compute(self) -> dict[str, float]:
         if not self.images:
@@ -97,7 +104,11 @@ class DetectionTrainer(FtTrainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             outputs = model(**inputs)
-        self.evaluator.update(outputs, inputs["labels"])
+        # Several processes: every process scores all the images, each once (the copies that even out the last
+        # batches dropped), so that the figures are the one-process ones.
+        gather = (partial(self.accelerator.gather_for_metrics, use_gather_object=True)
+                  if self.accelerator.num_processes > 1 else None)
+        self.evaluator.update(outputs, inputs["labels"], gather)
         return outputs.loss.detach(), None, None
 
     def evaluation_loop(self, *args, **kwargs):

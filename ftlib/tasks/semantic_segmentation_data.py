@@ -453,8 +453,9 @@ class SegmentationMetrics:
     def _reset(self) -> None:
         from torchmetrics.classification import MulticlassJaccardIndex
 
+        # Trainer hands every process the gathered batch: torchmetrics' own sync would count each image again.
         self.jaccard = MulticlassJaccardIndex(len(self.names), average="none", ignore_index=self.ignore_index,
-                                              zero_division=float("nan"), validate_args=False)
+                                              zero_division=float("nan"), validate_args=False, sync_on_compute=False)
         self._images: list[float] = []
 
     def __call__(self, eval_pred, compute_result: bool = True) -> dict[str, float]:

@@ -57,7 +57,8 @@ def head_and_backbone_overrides(model_args) -> tuple[dict, dict]:
     updates = dict(model_args.config_updates)
     backbone = updates.pop("backbone_config", {})
     if not isinstance(backbone, dict):
-        raise ValueError(f"--config_overrides: backbone_config must be a mapping of the backbone's settings, got {backbone!r}")
+        raise ValueError(  # noqa: TRY004 - a bad flag value, reported with the other argument errors
+            f"--config_overrides: backbone_config must be a mapping of the backbone's settings, got {backbone!r}")
     return updates, backbone
 
 
