@@ -58,6 +58,25 @@ class RunStart:
     extra_metrics: list = dataclasses.field(default_factory=list)  # --extra_metrics, loaded (ftlib.tasks.metrics)
 
 
+def end_process_group_at_exit() -> None:
+    """Several processes: destroy the process group when the process exits. A gloo group left to the interpreter's
+    teardown can abort a rank after everything was written ("terminate called without an active exception",
+    SIGABRT: a flaky failure of a finished run)."""
+    import atexit
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *other_args) -> RunStart:
     """Logging on the main process, every check that needs no model or data (``--extra_metrics`` modules loaded),
     the seed, and the effective configuration of the run (``other_args``: the recipe's model and data arguments), which :func:`train`
@@ -69,6 +88,7 @@ def start_run(training_args: TrainingArguments, ft_args: FineTuneArguments, *oth
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     check_launch(training_args, ft_args)  # launched processes, engine and strategy agree, or stop before any write
+    end_process_group_at_exit()
     check_strategy_args(training_args, ft_args)
     hub = take_hub_settings(training_args)
     if hub.push and training_args.process_index == 0 and not ft_args.lr_find:  # token, offline, reachable, write access: before anything is written
