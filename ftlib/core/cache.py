@@ -89,3 +89,20 @@ def build_once(target: str | os.PathLike, build: Callable[[Path], object], compl
         if not complete(staging):
             raise RuntimeError(f"building {target} did not write every file it needs")
         return install_dir(staging, target, complete)
+
+
+def write_folder(output_dir: str | os.PathLike, write: Callable[[Path], object], files: tuple[str, ...],
+                 complete: Callable[[Path], bool], overwrite: bool = False) -> Path:
+    """``write(folder)`` for ``output_dir``, all or none: into a temporary folder beside it, then renamed to it; with
+    ``overwrite``, into a non-empty folder, each of ``files`` replaces its old version (other files stay)."""
+    output_dir = Path(output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} is not empty (pass overwrite=True / --overwrite)")
+    with staging_dir(output_dir) as staging:
+        write(staging)
+        if output_dir.is_dir() and any(output_dir.iterdir()):
+            for name in files:
+                os.replace(staging / name, output_dir / name)
+        else:
+            install_dir(staging, output_dir, complete)
+    return output_dir

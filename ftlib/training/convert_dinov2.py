@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 from pathlib import Path
 
 ONNX_IN_PACKAGE = "models/vit_s_focus.onnx"
@@ -198,20 +197,10 @@ def convert(output_dir: str | Path, onnx_path: str | Path | None = None, overwri
 
     They are written into a temporary folder beside `output_dir`, which is then renamed to it; with `overwrite`,
     into a non-empty folder, each file replaces its old version (other files stay)."""
-    from ftlib.core.cache import install_dir, staging_dir
+    from ftlib.core.cache import write_folder
 
-    output_dir = Path(output_dir)
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} is not empty (pass overwrite=True / --overwrite)")
     onnx_path = Path(onnx_path) if onnx_path is not None else default_onnx_path()
-    with staging_dir(output_dir) as staging:
-        write_dinov2(staging, onnx_path)
-        if output_dir.is_dir() and any(output_dir.iterdir()):
-            for name in FILES:
-                os.replace(staging / name, output_dir / name)
-        else:
-            install_dir(staging, output_dir, is_converted)
-    return output_dir
+    return write_folder(output_dir, lambda folder: write_dinov2(folder, onnx_path), FILES, is_converted, overwrite)
 
 
 def convert_once(target: str | Path) -> Path:

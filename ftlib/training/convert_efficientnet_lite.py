@@ -20,14 +20,13 @@ transformers has no Lite class, but `EfficientNetForImageClassification` express
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 
 import torch
 from transformers import BitImageProcessor, EfficientNetConfig, EfficientNetForImageClassification
 
-from ftlib.core.cache import build_once, install_dir, staging_dir
+from ftlib.core.cache import build_once, write_folder
 
 # sigmoid(100) rounds to exactly 1.0 in every float dtype (fp64 needs > ~37), and 100 fits in fp16.
 SE_GATE_BIAS = 100.0
@@ -160,18 +159,8 @@ def convert(output_dir: str | Path, pth_path: str | Path | None = None, overwrit
 
     They are written into a temporary folder beside `output_dir`, which is then renamed to it; with `overwrite`,
     into a non-empty folder, each file replaces its old version (other files stay)."""
-    output_dir = Path(output_dir)
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} is not empty (pass overwrite=True / --overwrite)")
     pth_path = Path(pth_path) if pth_path is not None else default_pth_path()
-    with staging_dir(output_dir) as staging:
-        write_lite0(staging, pth_path)
-        if output_dir.is_dir() and any(output_dir.iterdir()):
-            for name in FILES:
-                os.replace(staging / name, output_dir / name)
-        else:
-            install_dir(staging, output_dir, is_converted)
-    return output_dir
+    return write_folder(output_dir, lambda folder: write_lite0(folder, pth_path), FILES, is_converted, overwrite)
 
 
 def convert_once(target: str | Path) -> Path:
