@@ -48,6 +48,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     TrainerCallback,
@@ -85,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generation_eval", type=int, default=0, help="greedy answers for the first N eval rows")
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--report", action="store_true", help="print the table from the results on disk")
+    parser.add_argument("--peak_gflops", type=float, default=None,
+                        help="MFU's denominator (default: the fp32 matmul rate measured when the table is printed)")
     parser.add_argument("--single", choices=list(RUNS), help=argparse.SUPPRESS)  # the subprocess of one run
     return parser.parse_args(argv)
 
@@ -403,15 +406,67 @@ def run_one(args: argparse.Namespace, run: str) -> dict[str, Any]:
     return {"run": run, "packing": args.packing, "settings": settings, "torch": torch.__version__, **result}
 
 
+# -- model FLOPs utilisation ------------------------------------------------------------------------------------------
+def training_flops_per_token(folder: Path, lora_r: int, mean_length: float) -> float:
+    """Useful training FLOPs per trained token of LoRA on a frozen base: 4 N for the frozen linear layers (the
+    forward's 2 N and the backward's 2 N for their inputs' gradients; their weights get none), 6 N for the adapters,
+    and attention's 12 L d t (t: the token-weighted mean example length; a packed row counts its examples, not its
+    length, since the block-diagonal mask's other blocks are not useful work). N includes the LM head's matmul, tied
+    to the embeddings or not; an embedding lookup costs nothing."""
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    frozen = adapters = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            frozen += module.in_features * module.out_features
+            if name.rsplit(".", 1)[-1] in LORA_TARGETS:
+                adapters += lora_r * (module.in_features + module.out_features)
+    return 4 * frozen + 6 * adapters + 12 * config.num_hidden_layers * config.hidden_size * mean_length
+
+
+def mean_example_length(folder: Path, rows: list[dict[str, str]], max_length: int) -> float:
+    """The token-weighted mean length of the training examples (sum t^2 / sum t): attention's cost per token."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    lengths = [len(e["input_ids"]) for e in (encode(tokenizer, row, max_length) for row in rows) if e]
+    return sum(t * t for t in lengths) / sum(lengths)
+
+
+def matmul_gflops(threads: int, size: int = 2048, seconds: float = 5.0) -> float:
+    """The fp32 matmul rate torch reaches here with ``threads`` threads: MFU's denominator on a CPU (no data-sheet
+    peak applies to a virtual machine's cores). Measure on an idle machine."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b  # warm-up: threads started, caches filled
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size ** 3 * count / (time.perf_counter() - start) / 1e9
+
+
+def mfu_note(args: argparse.Namespace) -> tuple[float, float, str]:
+    """``(FLOPs per token, peak GFLOPS, a line saying both)`` for the table's MFU column."""
+    folder = prepare_model(args)
+    mean_length = mean_example_length(folder, gsm8k_rows(0, args.train_rows), args.max_seq_length)
+    flops = training_flops_per_token(folder, args.lora_r, mean_length)
+    peak = args.peak_gflops or matmul_gflops(args.threads)
+    how = "given" if args.peak_gflops else f"fp32 2048^3 matmul, {args.threads} threads, measured now"
+    return flops, peak, (f"MFU: {flops / 1e6:.0f} MFLOPs per token (LoRA r {args.lora_r}, examples of {mean_length:.0f} "
+                         f"tokens, token-weighted) x tokens/s over {peak:.1f} GFLOPS ({how})")
+
+
 # -- the table ----------------------------------------------------------------------------------------------------
 def _fmt(value, spec: str, width: int, unit: str = "") -> str:
     """``value`` formatted, with its unit, right-aligned in ``width`` characters; blank when there is none."""
     return format("" if value is None else format(value, spec) + unit, f">{width}")
 
 
-def table(results: dict[str, dict]) -> str:
-    """One line per run; the ``vs trl`` columns compare an ftlib run with its trl baseline."""
-    header = ("run            tokens/s  steady tok/s  vs trl  peak RSS MB  vs trl  answer eval loss   vs trl    EM  "
+def table(results: dict[str, dict], flops_per_token: float | None = None, peak_gflops: float | None = None) -> str:
+    """One line per run; the ``vs trl`` columns compare an ftlib run with its trl baseline; MFU where
+    ``flops_per_token`` and ``peak_gflops`` are given (:func:`mfu_note`)."""
+    header = ("run            tokens/s  steady tok/s  vs trl    MFU  peak RSS MB  vs trl  answer eval loss   vs trl    EM  "
               "ROUGE-L  #### match")
     lines = [header]
     for run in RUNS:
@@ -422,9 +477,10 @@ def table(results: dict[str, dict]) -> str:
         speed = r["tokens_per_s"] / base["tokens_per_s"] if base else None
         rss = r["peak_rss_train_mb"] / base["peak_rss_train_mb"] if base else None
         loss = 100 * (r["eval_answer_loss"] / base["eval_answer_loss"] - 1) if base else None
+        mfu = 100 * r["tokens_per_s"] * flops_per_token / (peak_gflops * 1e9) if flops_per_token and peak_gflops else None
         lines.append(
             f"{run:<14} {r['tokens_per_s']:>8.1f}  {_fmt(r['steady_tokens_per_s'], '.1f', 12)}  "
-            f"{_fmt(speed, '.2f', 6, 'x')}  {r['peak_rss_train_mb']:>11.0f}  {_fmt(rss, '.2f', 6, 'x')}  "
+            f"{_fmt(speed, '.2f', 6, 'x')}  {_fmt(mfu, '.1f', 5, '%')}  {r['peak_rss_train_mb']:>11.0f}  {_fmt(rss, '.2f', 6, 'x')}  "
             f"{r['eval_answer_loss']:>16.4f}  {_fmt(loss, '+.2f', 7, '%')}  "
             f"{_fmt(r.get('generation_exact_match'), '.2f', 4)}  {_fmt(r.get('generation_rougeL'), '.3f', 7)}  "
             f"{_fmt(r.get('generation_final_number_match'), '.2f', 10)}"
@@ -455,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
             with (args.out / f"{run}.log").open("w") as log:
                 subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
     results = {p.stem: json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))}
-    print(table(results))
+    flops, peak, note = mfu_note(args)
+    print(table(results, flops, peak))
+    print(note)
     return 0
 
 

@@ -104,6 +104,22 @@ def test_lr_find_sweeps_the_decoder_and_keeps_nothing(tmp_path, tiny_llama_dir):
     assert sorted(p.name for p in out.iterdir()) == ["lr_find.png"]  # the sweep's plot, no model, no checkpoint
 
 
+def test_hp_search_maximises_a_generation_score_and_trains_the_best_trial(tmp_path, tiny_llama_dir):
+    """--hp_search on a decoder, scored by the generated answers' ROUGE-L (maximised): every trial trains and
+    generates, and the final model trains with the best trial's values, recorded for --config."""
+    import yaml
+
+    metrics, out = run(tmp_path, tiny_llama_dir, "--hp_search", "2", "--generation_eval", "4",
+                       "--metric_for_best_model", "rougeL", "--eval_strategy", "steps", "--eval_steps", "3")
+    search = json.loads((out / "hp_search.json").read_text())
+    assert (search["metric"], search["direction"], search["trials"]) == ("eval_rougeL", "maximize", 2)
+    assert [t["state"] for t in search["per_trial"]] == ["complete", "complete"]
+    assert search["best"]["value"] == max(t["value"] for t in search["per_trial"])
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["hp_search"] == 0 and config["learning_rate"] == pytest.approx(search["best"]["params"]["learning_rate"])
+    assert "eval_rougeL" in metrics and (out / "adapter_model.safetensors").is_file()
+
+
 def test_new_tokens_grow_the_vocabulary_and_their_rows_train_under_lora(tmp_path, tiny_llama_dir):
     """--new_tokens: the tokenizer and embeddings grow by the new markers, the data keeps each marker whole, and the
     new rows train (peft's trainable tokens) while the old ones stay as they were; frozen embeddings refuse."""
