@@ -56,6 +56,7 @@ from ftlib.training.decoder import (
     check_load_in_4bit,
     ensure_pad_token,
     fit_embeddings,
+    lm_head_trains,
     load_causal_lm,
     new_token_training,
 )
@@ -110,7 +111,8 @@ def main(
                     checkpoint=checkpoint, tokenizer=tokenizer, generation=generation, new_ids=new_ids)
 
     # -- search (--hp_search), train (or --lr_find: the range test, nothing kept)
-    trainer, metrics = fit(build, data.encoded["train"], training_args, ft_args, run)
+    trainer, metrics = fit(build, data.encoded["train"], training_args, ft_args, run,
+                           head_trains=lm_head_trains(ft_args, config, new_ids))
     if trainer is None:
         return metrics
 

@@ -68,3 +68,16 @@ def test_a_padding_free_batch_has_the_loss_of_its_examples_one_by_one(bench):
 ])
 def test_final_number(bench, text, number):
     assert bench.final_number(text) == number
+
+
+def test_training_flops_per_token_counts_frozen_adapter_and_attention_work(bench, tmp_path):
+    """4 N for the frozen linear layers (the LM head's matmul included), 6 N for the adapters, 12 L d t."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, tie_word_embeddings=True).save_pretrained(tmp_path)
+    kv = 16 // 4 * 2  # two key / value heads of 4
+    per_layer = 16 * 16 * 2 + 16 * kv * 2 + 16 * 32 * 3  # q, o; k, v; gate, up, down
+    frozen = 2 * per_layer + 100 * 16  # and the (tied) LM head's matmul
+    adapters = 2 * 4 * ((16 + 16) * 2 + (16 + kv) * 2 + (16 + 32) * 3)  # r 4: r (in + out) per projection
+    assert bench.training_flops_per_token(tmp_path, 4, 10.0) == 4 * frozen + 6 * adapters + 12 * 2 * 16 * 10.0

@@ -113,6 +113,7 @@ def test_hp_search_maximises_a_generation_score_and_trains_the_best_trial(tmp_pa
                        "--metric_for_best_model", "rougeL", "--eval_strategy", "steps", "--eval_steps", "3")
     search = json.loads((out / "hp_search.json").read_text())
     assert (search["metric"], search["direction"], search["trials"]) == ("eval_rougeL", "maximize", 2)
+    assert "head_learning_rate" not in search["space"]  # the LM head is frozen under LoRA: its rate changes nothing
     assert [t["state"] for t in search["per_trial"]] == ["complete", "complete"]
     assert search["best"]["value"] == max(t["value"] for t in search["per_trial"])
     config = yaml.safe_load((out / "config.yaml").read_text())

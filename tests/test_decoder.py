@@ -26,6 +26,7 @@ from ftlib.training.decoder import (
     causal_lm_load_kwargs,
     check_load_in_4bit,
     ensure_pad_token,
+    lm_head_trains,
     load_causal_lm,
     new_token_training,
     quantization_config,
@@ -179,3 +180,15 @@ def test_new_token_rows_train_with_the_matrix_or_through_lora():
     assert new_token_training([7, 8], FineTuneArguments()) is None  # full fine-tuning: the whole matrix trains
     assert new_token_training([7, 8], FineTuneArguments(lora=True)) == [7, 8]  # peft's trainable tokens
     assert new_token_training([], FineTuneArguments(freeze_embeddings=True)) is None  # nothing added: no refusal
+
+
+@pytest.mark.parametrize(("flags", "tied", "new_ids", "trains"), [
+    ({"lora": True}, True, [], False),  # LoRA: the pretrained head stays frozen
+    ({"lora": True}, False, [7], True),  # ... but for the rows of added tokens
+    ({"lora": False}, True, [], True),
+    ({"lora": False, "freeze_embeddings": True}, True, [], False),  # the tied head is the frozen embedding matrix
+    ({"lora": False, "freeze_embeddings": True}, False, [], True),  # an untied head trains
+])
+def test_lm_head_trains(flags, tied, new_ids, trains):
+    config = types.SimpleNamespace(tie_word_embeddings=tied)
+    assert lm_head_trains(FineTuneArguments(**flags), config, new_ids) is trains

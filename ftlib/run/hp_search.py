@@ -113,10 +113,12 @@ class Param:
 
 
 # -- the space ----------------------------------------------------------------------------------------------------
-def default_space(training_args: TrainingArguments, ft_args, num_rows: int | None = None) -> dict[str, Param]:
+def default_space(training_args: TrainingArguments, ft_args, num_rows: int | None = None,
+                  head_trains: bool = True) -> dict[str, Param]:
     """The strategy's space, centred on the run's own values (see the module docstring). ``num_rows``: the training
     rows; with the step budget (``--min_train_steps``) the epochs start where the budget stops raising them, since
-    fewer train the same."""
+    fewer train the same. ``head_trains=False`` (a causal LM's pretrained head under LoRA): no head rate, which
+    would change nothing."""
     lr = training_args.learning_rate
     head = ft_args.head_learning_rate or lr
     space = {
@@ -125,6 +127,8 @@ def default_space(training_args: TrainingArguments, ft_args, num_rows: int | Non
         "layer_decay": Param("layer_decay", 0.65, 1.0),
         "warmup_steps": Param("warmup_steps", 0.0, 0.2),  # below 1: a fraction of the steps
     }
+    if not head_trains:
+        del space["head_learning_rate"]
     if training_args.max_steps <= 0:
         epochs = max(1, round(training_args.num_train_epochs))
         floor = 1
@@ -180,10 +184,11 @@ def _number(value: Any) -> Any:
     return value
 
 
-def search_space(training_args: TrainingArguments, ft_args, num_rows: int | None = None) -> dict[str, Param]:
+def search_space(training_args: TrainingArguments, ft_args, num_rows: int | None = None,
+                 head_trains: bool = True) -> dict[str, Param]:
     """:func:`default_space` with ``--hp_space`` applied; every searched value checked against the ftlib arguments'
     own rules (both ends of a range, every choice) before any trial trains."""
-    space = default_space(training_args, ft_args, num_rows)
+    space = default_space(training_args, ft_args, num_rows, head_trains)
     if ft_args.hp_space:
         try:  # JSON (a config's YAML block arrives so, and the command line), or YAML
             given = json.loads(ft_args.hp_space)
@@ -228,13 +233,14 @@ def apply_values(values: dict[str, Any], training_args: TrainingArguments, ft_ar
 
 # -- the search ---------------------------------------------------------------------------------------------------
 def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft_args, train,
-                           run=None) -> dict[str, Any] | None:
+                           run=None, head_trains: bool = True) -> dict[str, Any] | None:
     """Run ``--hp_search`` (nothing without it) and return the best trial's values, which are then set in place on
     ``training_args`` and ``ft_args`` (so that what follows, ``build`` included, trains with them).
     ``build(args, train, ft_args=...)``: a fresh model with the strategy and its :class:`~ftlib.training.trainer.FtTrainer`
     (a recipe's trainer function, as for :mod:`ftlib.run.cv`); ``train``: the training data. ``run``: a recipe's
     :class:`ftlib.run.steps.RunStart`, whose ``config`` (and so ``config.yaml``) becomes the final model's configuration
     and guards a continued study; without it (a notebook) the study is checked against the space and metric only.
+    ``head_trains=False``: the model's head is frozen (a causal LM's under LoRA), so its rate is not searched.
 
         ft = FineTuneArguments(layer_decay=0.9, hp_search=8)
         best = search_hyperparameters(lambda args, data, ft_args: FtTrainer(model=..., args=args, ft_args=ft_args,
@@ -248,7 +254,7 @@ def search_hyperparameters(build: Callable, training_args: TrainingArguments, ft
         raise ValueError(f"--hp_search runs its trials in one process; this run has {training_args.world_size}. "
                          "Search with `python recipes/...` (one device), then train the final model on many with "
                          "--config <output_dir>/config.yaml")
-    space = search_space(training_args, ft_args, len(train))
+    space = search_space(training_args, ft_args, len(train), head_trains)
     metric = eval_key(training_args.metric_for_best_model or "loss")
     greater = training_args.greater_is_better if training_args.greater_is_better is not None else metric != "eval_loss"
     output_dir = Path(training_args.output_dir)

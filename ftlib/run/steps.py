@@ -140,15 +140,15 @@ def strategy_summary(ft_args: FineTuneArguments, training_args: TrainingArgument
 
 
 def fit(build, train_data, training_args: TrainingArguments, ft_args: FineTuneArguments, run: RunStart,
-        folds=None, fold=None, ids=None) -> tuple[Any, dict[str, float]]:
+        folds=None, fold=None, ids=None, head_trains: bool = True) -> tuple[Any, dict[str, float]]:
     """A recipe's training once its data is ready, in order: the hyperparameter search (``--hp_search``, its best
-    values set on the arguments, :mod:`ftlib.run.hp_search`), the cross-validation (``--cv_folds``: ``folds`` from
+    values set on the arguments, :mod:`ftlib.run.hp_search`; ``head_trains=False``: no head rate searched), the cross-validation (``--cv_folds``: ``folds`` from
     :func:`ftlib.run.cv.plan_folds`, ``fold`` the recipe's fold function, ``ids`` one per training row), then the final
     model: built by ``build(args, train_data)`` and trained (:func:`train`; with ``--compare_head_only``, then a
     linear probe too, the better on validation kept: :func:`ftlib.run.head_only.compare_head_only`), or swept by the
     learning-rate range test (``--lr_find``). Returns ``(trainer, metrics)``; the trainer is None when no final model trained
     (``--cv_only``, ``--lr_find``: the metrics are then the cross-validation's or the range test's)."""
-    search_hyperparameters(build, training_args, ft_args, train_data, run)
+    search_hyperparameters(build, training_args, ft_args, train_data, run, head_trains)
     cv = {}
     if folds is not None:
         cv = cross_validate(training_args, ft_args, folds, fold, ids=ids, config=run.config)

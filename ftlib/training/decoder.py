@@ -177,6 +177,15 @@ def fit_embeddings(tokenizer, model: nn.Module) -> None:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
 
 
+def lm_head_trains(ft_args, config, new_ids: list[int]) -> bool:
+    """Whether any weight of the LM head trains (else a head learning rate changes nothing, and the search leaves it
+    out): under LoRA only the rows of added tokens do; in full fine-tuning all of it, unless it is the input
+    embedding matrix (tied) and --freeze_embeddings freezes that."""
+    if ft_args.lora:
+        return bool(new_ids)
+    return not (ft_args.freeze_embeddings and getattr(config, "tie_word_embeddings", False))
+
+
 def new_token_training(new_ids: list[int], ft_args) -> list[int] | None:
     """How the rows of the tokens :func:`add_tokens` added train, or a refusal naming why they cannot.
 
