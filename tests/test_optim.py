@@ -207,3 +207,10 @@ def test_bad_torch_optimizer_fails_before_training(make_core_trainer):
     with pytest.raises(ValueError, match="'Lion'"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_span_names_joins_consecutive_blocks():
+    from ftlib.strategy.optim import span_names
+
+    assert span_names(["head", *(f"block {i}" for i in range(30))]) == "head, blocks 0-29"
+    assert span_names(["embeddings", "block 0", "block 2", "block 3", "pooler"]) == "embeddings, block 0, blocks 2-3, pooler"

@@ -7,6 +7,7 @@ initial lr by the same factor, so the ratios between groups hold through warmup 
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 from torch import nn
@@ -135,6 +136,30 @@ def create_optimizer(groups: list[dict], cls: type, kwargs: dict) -> torch.optim
     return cls(groups, lr=first_lr, **defaults)
 
 
+def span_names(names) -> str:
+    """Layer names joined, consecutive blocks as one span: ``head, blocks 0-29`` (a 30-block decoder's frozen row
+    would otherwise widen the table's first column to some 300 characters)."""
+    parts, run = [], []
+
+    def close_run() -> None:
+        if run:
+            parts.append(f"block {run[0]}" if len(run) == 1 else f"blocks {run[0]}-{run[-1]}")
+            run.clear()
+
+    for name in names:
+        block = re.fullmatch(r"block (\d+)", name)
+        if block and run and int(block[1]) == run[-1] + 1:
+            run.append(int(block[1]))
+            continue
+        close_run()
+        if block:
+            run.append(int(block[1]))
+        else:
+            parts.append(name)
+    close_run()
+    return ", ".join(parts)
+
+
 def format_group_table(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -174,7 +199,7 @@ def format_group_table(
         label = "not optimised (frozen)"
         if anatomy is not None:
             names = anatomy.group_names()
-            label = f"{', '.join(dict.fromkeys(names[anatomy.layer_id(n)] for n, _ in left_out.values()))}: {label}"
+            label = f"{span_names(dict.fromkeys(names[anatomy.layer_id(n)] for n, _ in left_out.values()))}: {label}"
         rows.append((label, f"{outside:,}", "frozen", "-", "-") + (("never",) if unfrozen_at is not None else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
