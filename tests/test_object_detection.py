@@ -156,30 +156,30 @@ def test_lora_on_a_random_backbone_must_save_merged(coco, dinov2, tmp_path):
 
 
 def test_resumed_run_equals_an_uninterrupted_one(coco, detector, tmp_path):
-    """Bit for bit, the default (random) augmentation on, resumed at an epoch's end. Mid-epoch, a random augmentation
-    is not exact: Trainer restores the RNG after it fetched the first batch, and DataLoader workers draw their seeds
-    when an epoch's iterator starts. The weights that transformers saves under their checkpoint names (the DINOv2
-    backbone as conv_encoder... attention.attention.query) must load back under the model's names."""
+    """Bit for bit, resumed mid-epoch (step 4 of two epochs of 3), the default random augmentation on, rows decoded
+    in two DataLoader workers: each row is augmented under its own seed (ftlib.training.trainer.SeededRows). The
+    weights that transformers saves under their checkpoint names (the DINOv2 backbone as conv_encoder...
+    attention.attention.query) must load back under the model's names."""
     from transformers import AutoModelForObjectDetection
 
     from ftlib.training.trainer import reload_renamed_weights
 
-    argv = ["--model_name_or_path", str(detector), "--save_strategy", "steps", "--save_steps", "3",
-            "--eval_strategy", "no", "--learning_rate", "1e-3"]
+    argv = ["--model_name_or_path", str(detector), "--save_strategy", "steps", "--save_steps", "2",
+            "--eval_strategy", "no", "--learning_rate", "1e-3", "--dataloader_num_workers", "2"]
     full = tmp_path / "full"
     run(base_argv(coco, full, *argv))
     resumed = tmp_path / "resumed"
     resumed.mkdir()
-    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")  # what a run killed after step 3 leaves
+    shutil.copytree(full / "checkpoint-4", resumed / "checkpoint-4")  # what a run killed after step 4 leaves
     (resumed / "config.yaml").write_text((full / "config.yaml").read_text().replace(str(full), str(resumed)))
-    run(base_argv(coco, resumed, *argv, "--resume_from_checkpoint", resumed / "checkpoint-3"))
+    run(base_argv(coco, resumed, *argv, "--resume_from_checkpoint", resumed / "checkpoint-4"))
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    first = load_file(full / "checkpoint-3" / "model.safetensors")
+    first = load_file(full / "checkpoint-4" / "model.safetensors")
     assert any(not torch.equal(first[k], a[k]) for k in a)  # the resumed steps trained
-    model = AutoModelForObjectDetection.from_pretrained(full / "checkpoint-3")
+    model = AutoModelForObjectDetection.from_pretrained(full / "checkpoint-4")
     assert any("conv_encoder" in k for k in first) and not any("conv_encoder" in k for k in model.state_dict())
-    assert reload_renamed_weights(model, full / "checkpoint-3")  # the saved names differ: restored through them
+    assert reload_renamed_weights(model, full / "checkpoint-4")  # the saved names differ: restored through them
 
 
 def test_map_equals_pycocotools_cocoeval_on_fixed_predictions():

@@ -390,7 +390,7 @@ def test_the_demo_config_with_a_tiny_backbone_trains_person_against_background(t
 def resume_command(model_dir: Path, images: Path, masks: Path, out: Path) -> list:
     return [sys.executable, "recipes/semantic_seg.py", *recipe_args(model_dir, images, masks, out, "--max_steps", "6",
             "--save_strategy", "steps", "--save_steps", "2", "--per_device_train_batch_size", "2",
-            "--dataloader_num_workers", "0", "--min_train_steps", "0")]
+            "--dataloader_num_workers", "2", "--min_train_steps", "0")]
 
 
 @pytest.mark.slow  # three recipe processes: about 30 s

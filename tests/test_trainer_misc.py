@@ -516,3 +516,23 @@ def test_resume_from_last_step_mid_epoch_trains_nothing(make_core_trainer, tmp_p
     assert resumed.state.global_step == 6
     final = dict(resumed.model.named_parameters())
     assert all(torch.equal(p, final[n]) for n, p in full.model.named_parameters())
+
+
+def test_seeded_rows_draw_per_row_and_epoch_whatever_the_reading_order():
+    """Each row's random transform draws from (seed, epoch, index): the same in any order of reading (another worker,
+    a resume that skipped rows), anew each epoch, and the global torch RNG is left as it was."""
+    from datasets import Dataset
+
+    from ftlib.training.trainer import SeededRows, has_lazy_transform
+
+    rows = Dataset.from_dict({"x": list(range(6))}).with_transform(
+        lambda batch: {"x": batch["x"], "noise": [torch.rand(()).item() for _ in batch["x"]]})
+    assert has_lazy_transform(rows) and not has_lazy_transform(Dataset.from_dict({"x": [1]}))
+    seeded = SeededRows(rows, seed=0)
+    state = torch.get_rng_state()
+    forward = [seeded[i]["noise"] for i in range(6)]
+    assert [seeded[i]["noise"] for i in reversed(range(6))] == forward[::-1] and len(set(forward)) == 6
+    assert torch.equal(torch.get_rng_state(), state)
+    seeded.epoch = 1
+    assert all(seeded[i]["noise"] != forward[i] for i in range(6))
+    assert [SeededRows(rows, seed=1)[i]["noise"] for i in range(6)] != forward

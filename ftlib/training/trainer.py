@@ -236,6 +236,45 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.epoch += 1  # the next pass reshuffles even where nobody calls set_epoch
 
 
+class SeededRows(torch.utils.data.Dataset):
+    """A training set each of whose rows is read under a torch seed of its own, from the run's seed, the epoch and
+    the row's index: a random augmentation (a ``Dataset.with_transform`` transform, run where the row is loaded)
+    then draws the same for a row however rows are loaded: in whichever DataLoader worker, on however many
+    processes, and after a resume that skipped the epoch's first batches. Without it, workers draw from seeds taken
+    when an epoch's iterator starts, and Trainer restores its RNG only after a resumed epoch's first batch: resuming
+    mid-epoch augmented differently. ``epoch`` is set before each epoch's iterator starts (so before its workers
+    copy this object; persistent workers would keep the first epoch's: not used with them)."""
+
+    def __init__(self, rows, seed: int):
+        self.rows, self.seed, self.epoch = rows, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        seed = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1, dtype=np.uint64)[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) >> 1)  # a 63-bit seed
+            return self.rows[index]
+
+
+class SeededRowsEpochCallback(TrainerCallback):
+    """Tells :class:`SeededRows` the epoch about to start (Trainer's ``on_epoch_begin`` comes before the epoch's
+    DataLoader iterator; ``state.epoch`` is whole at an epoch's start, and ``k + fraction`` in a resumed epoch k)."""
+
+    def __init__(self, rows: SeededRows):
+        self.rows = rows
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.rows.epoch = math.floor(state.epoch or 0)
+
+
+def has_lazy_transform(dataset) -> bool:
+    """A ``datasets.Dataset`` with a ``with_transform`` transform (decoded and augmented as rows are read)."""
+    format_ = getattr(dataset, "format", None)
+    return isinstance(format_, Mapping) and format_.get("type") == "custom"
+
+
 def reload_renamed_weights(model: nn.Module, folder) -> bool:
     """Put a checkpoint's weights into ``model`` where Trainer could not. transformers 5 saves some models' tensors
     under their original checkpoint names (DINOv2's attention as ``attention.attention.query``, a module that holds
@@ -350,6 +389,15 @@ class FtTrainer(Trainer):
         # a callback, the first: it runs once Trainer has restored a checkpoint's optimizer, before the progress bar
         self.callback_handler.callbacks.insert(0, TrainBeginCallback(self.show_restored_rates))
         self.last_eval_output = None  # the latest "eval" predictions and labels, for the report (ftlib.outputs.report)
+        self._seeded_rows: SeededRows | None = None
+        if has_lazy_transform(self.train_dataset):  # images: each row augmented under its own seed (SeededRows)
+            if self.args.dataloader_persistent_workers:
+                logger.warning("--dataloader_persistent_workers: the training rows' random augmentation is not seeded "
+                               "per row, so a run resumed mid-epoch augments those rows differently")
+            else:
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                self._seeded_rows = SeededRows(self.train_dataset, seed)
+                self.add_callback(SeededRowsEpochCallback(self._seeded_rows))
 
     # -- training budget -----------------------------------------------------------------------------
     def planned_steps(self) -> int:
@@ -552,6 +600,15 @@ class FtTrainer(Trainer):
             print(message, flush=True)
 
     # -- sampling order ------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        if self._seeded_rows is None or self._seeded_rows.rows is not self.train_dataset:
+            return super().get_train_dataloader()
+        rows, self.train_dataset = self.train_dataset, self._seeded_rows
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset = rows
+
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:  # exact resume and equal DDP shards: see the class
