@@ -157,7 +157,7 @@ SMOKE_PLAN = Plan(
     image_model=None, image_size=32, image_rows=64, image_batch=8, image_steps=4,
     fsdp_steps=6, fsdp_save_every=2,
     vision_size=64, vision_rows=24, vision_batch=4, vision_steps=3,
-    clm_smollm2=False, clm_rows=48, clm_batch=4, clm_seq_length=128, clm_memory_steps=0,
+    clm_smollm2=False, clm_rows=48, clm_batch=4, clm_seq_length=128, clm_memory_steps=2,  # QLoRA: not run on CPU
 )
 
 
