@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--skip_base", action="store_true", help="only the --models (the base model measured before)")
     args = parser.parse_args()
     rows = [json.loads(line) for line in TEST.read_text(encoding="utf-8").splitlines()][: args.rows]
     prompts = [PROMPT.format(question=row["question"]) for row in rows]
@@ -44,7 +45,7 @@ def main() -> None:
     print(f"GSM8K test, first {len(rows)} questions, greedy, up to {args.max_new_tokens} new tokens\n")
     print("| model | final-number exact match | generation s |\n|---|---|---|")
     base = ("SmolLM2-135M-Instruct (base)", str(resolve_checkpoint("smollm2-135m-instruct")))
-    for name, folder in [base, *((folder, folder) for folder in args.models)]:
+    for name, folder in [*([] if args.skip_base else [base]), *((folder, folder) for folder in args.models)]:
         model, tokenizer = load_for_generation(folder, device="cpu")
         started = time.perf_counter()
         answers = generate_answers(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,

@@ -336,6 +336,7 @@ def run_sft(args: argparse.Namespace) -> dict[str, Any]:
                                  peft_config=lora_config(args), generation_eval=spec)
     _train(trainer)
     metrics = trainer.evaluate()
+    trainer.save_model()  # the adapter, for bench/causal_lm_gsm8k.py
     examples = [e for e in (encode(tokenizer, r, args.max_seq_length) for r in eval_rows) if e]
     return {"trainer": f"trl {trl.__version__} SFTTrainer", **_results(trainer, metrics, spec, tokenizer, examples)}
 
